@@ -1,0 +1,371 @@
+"""The perceptual autoencoder of the first stage (paper Sec. 3.1, App. G).
+
+An encoder E maps an image x (B, 3, H, W) to a latent z (B, c, h, w) with h = H/f, w = W/f, and a
+decoder D maps it back. The downsampling factor f = 2^m comes from m = len(ch_mult) - 1 resolution
+levels, each halving the size once -- so f = 1, 2, 4, 8, 16, 32 are ch_mult of length 1..6.
+
+The module and parameter names follow the CompVis code (``encoder.down[i].block[j]``,
+``mid.attn_1``, ``quant_conv``, ...), so the original LDM first-stage checkpoints load by name and a
+learner can read that code after the course (``convert.py`` maps diffusers' names onto ours).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ldm_lite.autoencoder.regularizers import DiagonalGaussianDistribution, VectorQuantizer
+
+VALID_FACTORS = (1, 2, 4, 8, 16, 32)
+
+
+def Normalize(channels: int) -> nn.GroupNorm:
+    """GroupNorm with 32 groups as in LDM (fewer when the channel count is small or not divisible)."""
+    return nn.GroupNorm(num_groups=math.gcd(32, channels), num_channels=channels, eps=1e-6, affine=True)
+
+
+class ResnetBlock(nn.Module):
+    """norm -> SiLU -> conv3x3 -> norm -> SiLU -> dropout -> conv3x3, plus a (1x1) shortcut."""
+
+    def __init__(self, in_channels: int, out_channels: int | None = None, dropout: float = 0.0):
+        super().__init__()
+        out_channels = out_channels or in_channels
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.norm1 = Normalize(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = Normalize(out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        if in_channels != out_channels:
+            self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x):
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        if self.in_channels != self.out_channels:
+            x = self.nin_shortcut(x)
+        return x + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over all h*w positions (used once, in the middle block)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = Normalize(channels)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.k = nn.Conv2d(channels, channels, 1)
+        self.v = nn.Conv2d(channels, channels, 1)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        h = self.norm(x)
+        q, k, v = (m(h).reshape(B, 1, C, H * W).transpose(2, 3) for m in (self.q, self.k, self.v))
+        h = F.scaled_dot_product_attention(q, k, v)  # (B, 1, HW, C), softmax(q k^T / sqrt(C)) v
+        h = h.transpose(2, 3).reshape(B, C, H, W)
+        return x + self.proj_out(h)
+
+
+class Downsample(nn.Module):
+    """Halve the resolution with a stride-2 3x3 conv (asymmetric zero padding, as in LDM)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
+
+    def forward(self, x):
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class Upsample(nn.Module):
+    """Double the resolution: nearest-neighbour upsampling, then a 3x3 conv."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class _Level(nn.Module):
+    """One resolution level: ``block`` (ResnetBlocks), ``attn`` (unused here, kept for key names)."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = nn.ModuleList()
+        self.attn = nn.ModuleList()
+
+
+class _Mid(nn.Module):
+    def __init__(self, channels: int, dropout: float, use_attn: bool):
+        super().__init__()
+        self.block_1 = ResnetBlock(channels, channels, dropout)
+        self.attn_1 = AttnBlock(channels) if use_attn else nn.Identity()
+        self.block_2 = ResnetBlock(channels, channels, dropout)
+
+    def forward(self, x):
+        return self.block_2(self.attn_1(self.block_1(x)))
+
+
+def _check_ch_mult(ch_mult) -> None:
+    if len(ch_mult) < 1 or len(ch_mult) > len(VALID_FACTORS):
+        raise ValueError(
+            f"ch_mult {tuple(ch_mult)} gives {len(ch_mult)} levels; use 1 to {len(VALID_FACTORS)} levels "
+            f"(f = 2**(len(ch_mult) - 1) in {VALID_FACTORS})"
+        )
+
+
+class Encoder(nn.Module):
+    """x (B, in_channels, H, W) -> moments (B, 2*z_channels if double_z else z_channels, H/f, W/f)."""
+
+    def __init__(
+        self,
+        ch: int = 64,
+        ch_mult=(1, 2, 4),
+        num_res_blocks: int = 2,
+        in_channels: int = 3,
+        z_channels: int = 4,
+        double_z: bool = True,
+        dropout: float = 0.0,
+        use_mid_attn: bool = True,
+    ):
+        super().__init__()
+        _check_ch_mult(ch_mult)
+        self.num_resolutions, self.num_res_blocks = len(ch_mult), num_res_blocks
+        self.f = 2 ** (len(ch_mult) - 1)
+        self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
+        in_mult = (1,) + tuple(ch_mult)
+        self.down = nn.ModuleList()
+        for i, mult in enumerate(ch_mult):
+            level = _Level()
+            block_in, block_out = ch * in_mult[i], ch * mult
+            for _ in range(num_res_blocks):
+                level.block.append(ResnetBlock(block_in, block_out, dropout))
+                block_in = block_out
+            if i != self.num_resolutions - 1:
+                level.downsample = Downsample(block_in)
+            self.down.append(level)
+        self.mid = _Mid(block_in, dropout, use_mid_attn)
+        self.norm_out = Normalize(block_in)
+        self.conv_out = nn.Conv2d(block_in, 2 * z_channels if double_z else z_channels, 3, padding=1)
+
+    def forward(self, x):
+        if x.dim() != 4:
+            raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(x.shape)}")
+        H, W = x.shape[-2:]
+        if H % self.f or W % self.f:
+            raise ValueError(
+                f"image size {H}x{W} is not divisible by the downsampling factor f={self.f}; "
+                f"resize or crop to a multiple of {self.f}"
+            )
+        h = self.conv_in(x)
+        for i, level in enumerate(self.down):
+            for block in level.block:
+                h = block(h)
+            if i != self.num_resolutions - 1:
+                h = level.downsample(h)
+        h = self.mid(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class Decoder(nn.Module):
+    """z (B, z_channels, h, w) -> x_hat (B, out_ch, h*f, w*f). Mirrors the encoder, one more block per level."""
+
+    def __init__(
+        self,
+        ch: int = 64,
+        ch_mult=(1, 2, 4),
+        num_res_blocks: int = 2,
+        out_ch: int = 3,
+        z_channels: int = 4,
+        dropout: float = 0.0,
+        use_mid_attn: bool = True,
+    ):
+        super().__init__()
+        _check_ch_mult(ch_mult)
+        self.num_resolutions, self.num_res_blocks = len(ch_mult), num_res_blocks
+        self.f = 2 ** (len(ch_mult) - 1)
+        block_in = ch * ch_mult[-1]
+        self.conv_in = nn.Conv2d(z_channels, block_in, 3, padding=1)
+        self.mid = _Mid(block_in, dropout, use_mid_attn)
+        up = []
+        for i in reversed(range(self.num_resolutions)):
+            level = _Level()
+            block_out = ch * ch_mult[i]
+            for _ in range(num_res_blocks + 1):
+                level.block.append(ResnetBlock(block_in, block_out, dropout))
+                block_in = block_out
+            if i != 0:
+                level.upsample = Upsample(block_in)
+            up.insert(0, level)  # keep ``up[i]`` at resolution level i, as in the CompVis checkpoints
+        self.up = nn.ModuleList(up)
+        self.norm_out = Normalize(block_in)
+        self.conv_out = nn.Conv2d(block_in, out_ch, 3, padding=1)
+
+    def forward(self, z):
+        h = self.mid(self.conv_in(z))
+        for i in reversed(range(self.num_resolutions)):
+            for block in self.up[i].block:
+                h = block(h)
+            if i != 0:
+                h = self.up[i].upsample(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def ch_mult_for_factor(f: int, pattern=(1, 2, 4, 4, 4, 4)) -> tuple[int, ...]:
+    """The channel multipliers for a downsampling factor f: one level per factor of two."""
+    if f not in VALID_FACTORS:
+        raise ValueError(
+            f"downsampling factor f={f!r} is not supported; f must be a power of two in {VALID_FACTORS}"
+        )
+    return tuple(pattern[: int(math.log2(f)) + 1])
+
+
+@dataclass
+class AutoencoderConfig:
+    """Everything needed to rebuild an autoencoder (stored in checkpoint manifests)."""
+
+    f: int = 4
+    ch: int = 64
+    ch_mult: tuple[int, ...] | None = None  # default: ch_mult_for_factor(f)
+    num_res_blocks: int = 2
+    z_channels: int = 3
+    embed_dim: int | None = None  # default: z_channels
+    in_channels: int = 3
+    dropout: float = 0.0
+    use_mid_attn: bool = True
+    reg: str = "kl"  # "kl" or "vq"
+    n_embed: int = 512  # VQ only
+    beta: float = 0.25  # VQ only
+    dead_code_threshold: float = 0.0  # VQ only
+
+    def __post_init__(self):
+        if self.reg not in ("kl", "vq"):
+            raise ValueError(f"reg must be 'kl' or 'vq', got {self.reg!r}")
+        if self.ch_mult is None:
+            self.ch_mult = ch_mult_for_factor(self.f)
+        self.ch_mult = tuple(self.ch_mult)
+        if 2 ** (len(self.ch_mult) - 1) != self.f:
+            raise ValueError(
+                f"ch_mult {self.ch_mult} gives f={2 ** (len(self.ch_mult) - 1)}, but f={self.f} was asked for"
+            )
+        if self.embed_dim is None:
+            self.embed_dim = self.z_channels
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ch_mult"] = list(self.ch_mult)
+        return d
+
+
+def _coder_kwargs(cfg: AutoencoderConfig) -> dict:
+    return dict(ch=cfg.ch, ch_mult=cfg.ch_mult, num_res_blocks=cfg.num_res_blocks, z_channels=cfg.z_channels,
+                dropout=cfg.dropout, use_mid_attn=cfg.use_mid_attn)
+
+
+class AutoencoderKL(nn.Module):
+    """KL-regularised autoencoder: ``encode`` -> DiagonalGaussianDistribution, ``decode`` -> image.
+
+    ``quant_conv`` (1x1) maps the encoder's moments to 2*embed_dim channels, ``post_quant_conv`` maps
+    the latent back to the decoder's z_channels (names as in the LDM code).
+    """
+
+    def __init__(self, config: AutoencoderConfig | None = None, **kwargs):
+        super().__init__()
+        cfg = config or AutoencoderConfig(**{"reg": "kl", **kwargs})
+        if cfg.reg != "kl":
+            raise ValueError("AutoencoderKL needs reg='kl'; use VQModel for reg='vq'")
+        self.config = cfg
+        self.f, self.embed_dim = cfg.f, cfg.embed_dim
+        self.encoder = Encoder(in_channels=cfg.in_channels, double_z=True, **_coder_kwargs(cfg))
+        self.decoder = Decoder(out_ch=cfg.in_channels, **_coder_kwargs(cfg))
+        self.quant_conv = nn.Conv2d(2 * cfg.z_channels, 2 * cfg.embed_dim, 1)
+        self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
+
+    def encode(self, x: torch.Tensor) -> DiagonalGaussianDistribution:
+        """x (B, 3, H, W) in [-1, 1] -> q(z|x) over z of shape (B, embed_dim, H/f, W/f)."""
+        return DiagonalGaussianDistribution(self.quant_conv(self.encoder(x)))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, embed_dim, h, w) -> x_hat (B, 3, h*f, w*f)."""
+        if z.dim() != 4 or z.shape[1] != self.embed_dim:
+            raise ValueError(f"expected latents of shape (B, {self.embed_dim}, h, w), got {tuple(z.shape)}")
+        return self.decoder(self.post_quant_conv(z))
+
+    def forward(self, x: torch.Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None):
+        """Returns (x_hat, posterior). Training samples z ~ q(z|x); evaluation uses the mean."""
+        posterior = self.encode(x)
+        z = posterior.sample(generator) if sample_posterior else posterior.mode()
+        return self.decode(z), posterior
+
+    def get_last_layer(self) -> torch.Tensor:
+        """The decoder's last conv weight: the adaptive GAN weight compares gradients there (App. G)."""
+        return self.decoder.conv_out.weight
+
+    def latent_shape(self, size: int | tuple[int, int]) -> tuple[int, int, int]:
+        """(embed_dim, H/f, W/f) for an input of the given size."""
+        H, W = (size, size) if isinstance(size, int) else size
+        if H % self.f or W % self.f:
+            raise ValueError(f"size {H}x{W} is not divisible by f={self.f}")
+        return (self.embed_dim, H // self.f, W // self.f)
+
+
+class VQModel(nn.Module):
+    """VQ-regularised autoencoder: encoder -> quant_conv -> VectorQuantizer -> post_quant_conv -> decoder."""
+
+    def __init__(self, config: AutoencoderConfig | None = None, **kwargs):
+        super().__init__()
+        cfg = config or AutoencoderConfig(**{"reg": "vq", **kwargs})
+        if cfg.reg != "vq":
+            raise ValueError("VQModel needs reg='vq'; use AutoencoderKL for reg='kl'")
+        self.config = cfg
+        self.f, self.embed_dim = cfg.f, cfg.embed_dim
+        self.encoder = Encoder(in_channels=cfg.in_channels, double_z=False, **_coder_kwargs(cfg))
+        self.decoder = Decoder(out_ch=cfg.in_channels, **_coder_kwargs(cfg))
+        self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.embed_dim, 1)
+        self.quantize = VectorQuantizer(cfg.n_embed, cfg.embed_dim, beta=cfg.beta,
+                                        dead_code_threshold=cfg.dead_code_threshold)
+        self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
+
+    def encode_pre_quant(self, x: torch.Tensor) -> torch.Tensor:
+        """The continuous latent before quantisation, (B, embed_dim, h, w). The LDM trains its diffusion
+        model on this and quantises inside the decoder ("absorbing the quantisation layer", Sec. 3.1)."""
+        return self.quant_conv(self.encoder(x))
+
+    def encode(self, x: torch.Tensor):
+        """x -> (z_q, vq_loss, info) with z_q (B, embed_dim, h, w)."""
+        return self.quantize(self.encode_pre_quant(x))
+
+    def decode(self, z: torch.Tensor, force_quantize: bool = True) -> torch.Tensor:
+        """Decode a latent; by default it is quantised first, so a diffusion model's continuous output is
+        snapped to the codebook as in the LDM code."""
+        if z.dim() != 4 or z.shape[1] != self.embed_dim:
+            raise ValueError(f"expected latents of shape (B, {self.embed_dim}, h, w), got {tuple(z.shape)}")
+        if force_quantize:
+            z, _, _ = self.quantize(z)
+        return self.decoder(self.post_quant_conv(z))
+
+    def forward(self, x: torch.Tensor):
+        """Returns (x_hat, vq_loss, info)."""
+        z_q, loss, info = self.encode(x)
+        return self.decoder(self.post_quant_conv(z_q)), loss, info
+
+    def get_last_layer(self) -> torch.Tensor:
+        return self.decoder.conv_out.weight
+
+    def latent_shape(self, size: int | tuple[int, int]) -> tuple[int, int, int]:
+        H, W = (size, size) if isinstance(size, int) else size
+        if H % self.f or W % self.f:
+            raise ValueError(f"size {H}x{W} is not divisible by f={self.f}")
+        return (self.embed_dim, H // self.f, W // self.f)
+
+
+def build_autoencoder(config: AutoencoderConfig) -> AutoencoderKL | VQModel:
+    """AutoencoderKL or VQModel, by ``config.reg``."""
+    return AutoencoderKL(config) if config.reg == "kl" else VQModel(config)
