@@ -62,14 +62,14 @@ def show_images(images: torch.Tensor, titles: Sequence[str] | None = None, ncols
     n = len(arr)
     ncols = min(ncols, n)
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows * (1.25 if titles else 1.0)),
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows * (1.45 if titles else 1.0)),
                              squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.set_axis_off()
         if i < n:
             ax.imshow(arr[i], interpolation="nearest")
             if titles is not None:
-                ax.set_title(_wrap(titles[i], 22), fontsize=fontsize)
+                ax.set_title(_wrap(titles[i], 26), fontsize=fontsize)
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()
@@ -85,7 +85,7 @@ def _wrap(text: str, width: int) -> str:
         else:
             line = f"{line} {w}".strip()
     lines.append(line)
-    return "\n".join(lines[:4])
+    return "\n".join(lines[:5])
 
 
 PALETTE = np.array(
