@@ -99,9 +99,12 @@ def pick(table: dict, name: str | None = None):
 
 
 def cache_dir() -> str:
-    """Folder for rendered datasets and other caches (``LDM_LITE_CACHE`` or ``~/.cache/ldm-lite``)."""
+    """Folder for rendered datasets and other caches (``LDM_LITE_CACHE`` or ``~/.cache/ldm-lite/data``).
+
+    Safe to delete: everything in it is rebuilt on demand.
+    """
     root = os.environ.get("LDM_LITE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "ldm-lite"
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "ldm-lite", "data"
     )
     os.makedirs(root, exist_ok=True)
     return root

