@@ -44,6 +44,7 @@ def _add_train_ae(sub) -> None:
     p.add_argument("--ckpt-every", type=int, default=None)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--export", default=None, help="name under data/pretrained/ or a path for the final weights")
+    p.add_argument("--eval-every", type=int, default=None, help="report held-out PSNR/SSIM every N steps")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
@@ -62,7 +63,7 @@ def _run_train_ae(args) -> dict:
         ema_decay=args.ema_decay, seed=args.seed,
     )
     result = train_autoencoder(recipe, out_dir=args.out, ckpt_every=args.ckpt_every, resume=args.resume,
-                               export=args.export, command="ldm-lite " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+                               export=args.export, eval_every=args.eval_every, command="ldm-lite " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     summary = dict(metrics=result["metrics"], wall_time_s=round(result["wall_time_s"], 1),
                    perceptual=result["perceptual"], weights=result.get("weights"))
     print(json.dumps(summary, indent=2))

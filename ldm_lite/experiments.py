@@ -102,10 +102,27 @@ def make_ae_loss(recipe: AERecipe, perceptual=None):
     return LPIPSWithDiscriminator(kl_weight=recipe.kl_weight, **common)
 
 
+def _eval_callback(autoencoder, images: torch.Tensor, every: int):
+    """A Trainer callback: every ``every`` steps, held-out PSNR/SSIM into the step's logs (and printed)."""
+    from tqdm.auto import tqdm
+
+    def callback(trainer, logs):
+        if logs["step"] % every == 0 or logs["step"] == trainer.config.max_steps:
+            m = evaluate_reconstruction(autoencoder, images)
+            logs["val/psnr"], logs["val/ssim"] = m["psnr"], m["ssim"]
+            if trainer.config.progress:
+                tqdm.write(f"step {logs['step']}: held-out PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}")
+
+    return callback
+
+
 def train_autoencoder(recipe: AERecipe, out_dir: str | None = None, ckpt_every: int | None = None,
                       resume: bool = False, progress: bool = True, export: str | None = None,
-                      perceptual=None, callbacks=(), command: str | None = None) -> dict:
+                      perceptual=None, callbacks=(), command: str | None = None, eval_every: int | None = None) -> dict:
     """Train a first-stage autoencoder with the recipe; evaluate PSNR/SSIM on held-out images.
+
+    ``eval_every``: also measure held-out PSNR/SSIM (on up to 64 test images) every that many steps,
+    logged as ``val/psnr`` and ``val/ssim`` in the history.
 
     Returns dict(autoencoder (eval mode, EMA weights if used), history, metrics, wall_time_s, recipe).
     With ``export`` (a path or a name under ``data/pretrained/``) the weights are saved in float16 with
@@ -120,6 +137,9 @@ def train_autoencoder(recipe: AERecipe, out_dir: str | None = None, ckpt_every: 
     cfg = TrainConfig(max_steps=recipe.steps, batch_size=recipe.batch_size, seed=recipe.seed,
                       ema_decay=recipe.ema_decay, out_dir=out_dir, ckpt_every=ckpt_every, progress=progress,
                       find_unused_parameters=recipe.disc_start < recipe.steps)
+    callbacks = list(callbacks)
+    if eval_every:
+        callbacks.append(_eval_callback(autoencoder, test_images[:64], eval_every))
     trainer = Trainer(module, train_set, cfg, callbacks=callbacks)
     t0 = time.perf_counter()
     history = trainer.fit(resume=resume)

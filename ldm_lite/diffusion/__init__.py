@@ -1,5 +1,20 @@
 """The diffusion process of the LDM paper (Sec. 3.2): noise schedules, the training loss, samplers."""
 
+from ldm_lite.diffusion.guidance import (
+    batch_conditionings,
+    cfg_combine,
+    guided_model_fn,
+    split_batch,
+)
+from ldm_lite.diffusion.samplers import (
+    SAMPLERS,
+    DDIMSampler,
+    DDPMSampler,
+    DPMSolverSampler,
+    PLMSSampler,
+    Sampler,
+    make_sampler,
+)
 from ldm_lite.diffusion.schedule import (
     BETA_SCHEDULES,
     PARAMETERIZATIONS,
@@ -18,4 +33,15 @@ __all__ = [
     "make_beta_schedule",
     "make_ddim_timesteps",
     "min_snr_weight",
+    "Sampler",
+    "DDPMSampler",
+    "DDIMSampler",
+    "PLMSSampler",
+    "DPMSolverSampler",
+    "SAMPLERS",
+    "make_sampler",
+    "cfg_combine",
+    "batch_conditionings",
+    "split_batch",
+    "guided_model_fn",
 ]
