@@ -49,6 +49,29 @@ def load_dataset(name: str, size: int, split: str = "train", seed: int = 0, leng
     raise ValueError(f"unknown dataset {name!r}: use one of {DATASETS} or the path of an image folder")
 
 
+class RandomCrops(torch.utils.data.Dataset):
+    """Random ``crop`` x ``crop`` windows of another dataset's images (a fully convolutional autoencoder
+    trains as well on crops -- and ``(H / crop)^2`` times faster per step). Draws from torch's global
+    generator, so the Trainer's saved RNG state makes it reproducible."""
+
+    def __init__(self, dataset, crop: int):
+        self.dataset, self.crop = dataset, crop
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        item = dict(self.dataset[i])
+        img = item["image"]
+        H, W = img.shape[-2:]
+        if self.crop > min(H, W):
+            raise ValueError(f"crop {self.crop} is larger than the images ({H}x{W})")
+        y = int(torch.randint(0, H - self.crop + 1, ()))
+        x = int(torch.randint(0, W - self.crop + 1, ()))
+        item["image"] = img[:, y:y + self.crop, x:x + self.crop]
+        return {k: v for k, v in item.items() if k in ("image", "index", "label", "caption")}
+
+
 def stack_images(dataset, limit: int | None = None) -> torch.Tensor:
     """The first ``limit`` images of a dataset as one (N, C, H, W) tensor."""
     if hasattr(dataset, "tensors"):
@@ -83,6 +106,7 @@ class AERecipe:
     ema_decay: float | None = None
     seed: int = 0
     eval_images: int = 256
+    crop: int | None = None  # train on random crops of this size (evaluation always uses whole images)
 
     def autoencoder_config(self) -> AutoencoderConfig:
         return AutoencoderConfig(f=self.f, ch=self.ch, ch_mult=self.ch_mult, num_res_blocks=self.num_res_blocks,
@@ -130,6 +154,8 @@ def train_autoencoder(recipe: AERecipe, out_dir: str | None = None, ckpt_every: 
     """
     torch.manual_seed(recipe.seed)
     train_set = load_dataset(recipe.data, recipe.size, "train", seed=recipe.seed)
+    if recipe.crop:
+        train_set = RandomCrops(train_set, recipe.crop)
     test_images = stack_images(load_dataset(recipe.data, recipe.size, "test", seed=recipe.seed), recipe.eval_images)
     autoencoder = build_autoencoder(recipe.autoencoder_config())
     loss = make_ae_loss(recipe, perceptual)
@@ -173,3 +199,302 @@ def train_autoencoder(recipe: AERecipe, out_dir: str | None = None, ckpt_every: 
         )
         result["weights"] = str(save_pretrained(autoencoder, target, manifest))
     return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Latent diffusion (chapters 04, 06, 07): a UNet trained in the latent space of a frozen autoencoder
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class LDMRecipe:
+    """Hyper-parameters of a latent (or pixel-space) diffusion run. Defaults: small, CPU-friendly.
+
+    ``first_stage``: a shipped / exported autoencoder (name or path), ``"pixel"`` (a pixel-space DM,
+    same code) or ``"auto"`` (the shipped autoencoder trained on ``data`` at ``size``, KL f=4 preferred).
+    ``train_images``: how many training images (procedural data: how many are generated; other
+    datasets: the first N); ``None`` = the dataset's own size (50,000 for shapes).
+    ``cond``: ``None`` (unconditional) or ``"class"`` (the dataset's ``label`` through the UNet's class
+    embedding, ``conditioning_key="adm"``, with a null class ``num_classes`` for classifier-free
+    guidance). Other conditionings (text, layout, concat) pass a ``cond_stage`` to :func:`train_ldm` and
+    set ``conditioning_key`` / ``cond_key`` / ``context_dim`` / ``unconditional_value`` here.
+    The UNet fields are :class:`ldm_lite.unet.UNetModel`'s; the schedule is the LDM one.
+    """
+
+    data: str = "shapes"
+    size: int = 64
+    first_stage: str = "auto"
+    train_images: int | None = None
+    cond: str | None = None
+    num_classes: int | None = None  # cond="class": default from the dataset's class_names
+    conditioning_key: str | None = None  # with a cond_stage passed to train_ldm
+    cond_key: str | None = None
+    context_dim: int | None = None
+    unconditional_value: object = None
+    cond_stage_trainable: bool = True
+    model_channels: int = 64
+    channel_mult: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (2, 4)
+    num_head_channels: int = 32
+    transformer_depth: int = 1
+    use_scale_shift_norm: bool = False
+    dropout: float = 0.0
+    norm_num_groups: int = 32
+    schedule: str = "linear"
+    timesteps: int = 1000
+    linear_start: float = 0.00085
+    linear_end: float = 0.012
+    parameterization: str = "eps"
+    weighting: str | None = None
+    scale_by_std: bool = True
+    scale_factor: float = 1.0
+    posterior: str = "mode"
+    cond_drop_prob: float = 0.1
+    steps: int = 3000
+    batch_size: int = 32
+    lr: float = 2e-4
+    lr_warmup_steps: int = 100
+    ema_decay: float | None = 0.999
+    seed: int = 0
+    eval_images: int = 64
+
+    def __post_init__(self):
+        self.channel_mult = tuple(self.channel_mult)
+        self.attention_resolutions = tuple(self.attention_resolutions)
+        if self.cond not in (None, "class"):
+            raise ValueError(
+                f"LDMRecipe.cond must be None or 'class', got {self.cond!r}; for text, layout or spatial "
+                "conditions pass cond_stage=... to train_ldm and set conditioning_key / cond_key"
+            )
+
+    def schedule_config(self) -> dict:
+        return dict(schedule=self.schedule, n_timestep=self.timesteps, linear_start=self.linear_start,
+                    linear_end=self.linear_end)
+
+    def unet_config(self, in_channels: int, out_channels: int, num_classes: int | None = None,
+                    context_dim: int | None = None):
+        from ldm_lite.unet import UNetConfig
+
+        return UNetConfig(in_channels=in_channels, out_channels=out_channels, model_channels=self.model_channels,
+                          channel_mult=self.channel_mult, num_res_blocks=self.num_res_blocks,
+                          attention_resolutions=self.attention_resolutions, num_head_channels=self.num_head_channels,
+                          context_dim=context_dim, transformer_depth=self.transformer_depth,
+                          use_scale_shift_norm=self.use_scale_shift_norm, dropout=self.dropout,
+                          num_classes=num_classes, norm_num_groups=self.norm_num_groups)
+
+
+def find_autoencoder(data: str, size: int) -> str:
+    """The name of the shipped autoencoder trained on ``data`` at ``size`` (KL f=4 preferred)."""
+    from ldm_lite.pretrained import list_pretrained
+
+    found = [m for m in list_pretrained() if m.get("kind") == "autoencoder"
+             and m.get("data", {}).get("name") == data and m.get("data", {}).get("size") == size]
+    if not found:
+        raise FileNotFoundError(
+            f"no shipped autoencoder for data={data!r} at size {size} in data/pretrained/; train one with "
+            f"`ldm-lite train-ae --data {data} --size {size} --f 4 --export ae_kl_f4_{data}{size}`, pass the name "
+            "or path of another checkpoint as first_stage, or use first_stage='pixel'"
+        )
+    found.sort(key=lambda m: (m["config"].get("reg") != "kl", m["config"].get("f") != 4, m["name"]))
+    return found[0]["name"]
+
+
+def _resolve_first_stage(recipe: LDMRecipe, first_stage):
+    """-> (autoencoder module or None, the name recorded in the manifest or None for an in-memory model)."""
+    from ldm_lite.pretrained import load_autoencoder, resolve
+
+    choice = recipe.first_stage if first_stage is None else first_stage
+    if isinstance(choice, torch.nn.Module):
+        return choice, None
+    if choice in (None, "pixel"):
+        return None, "pixel"
+    if choice == "auto":
+        choice = find_autoencoder(recipe.data, recipe.size)
+    base = resolve(choice)
+    from ldm_lite.pretrained import PRETRAINED_DIR
+
+    name = base.name if base.parent == PRETRAINED_DIR else str(base.resolve())
+    return load_autoencoder(base), name
+
+
+def build_ldm(recipe: LDMRecipe, first_stage=None, cond_stage: torch.nn.Module | None = None,
+              num_classes: int | None = None):
+    """The :class:`~ldm_lite.ldm.LatentDiffusion` of a recipe: first stage (module, ``"pixel"``, name),
+    a UNet sized for its latents, the conditioning and the schedule. ``num_classes`` for ``cond="class"``."""
+    from ldm_lite.diffusion import NoiseSchedule
+    from ldm_lite.ldm import LatentDiffusion
+    from ldm_lite.unet import UNetModel
+
+    ae = first_stage if isinstance(first_stage, torch.nn.Module) or first_stage is None else None
+    if ae is None and first_stage is not None:
+        raise TypeError("build_ldm takes an autoencoder module or None; resolve names with train_ldm / load_autoencoder")
+    latent_ch = ae.embed_dim if ae is not None else 3
+    kw = dict(conditioning_key=recipe.conditioning_key, cond_key=recipe.cond_key,
+              unconditional_value=recipe.unconditional_value, cond_stage_trainable=recipe.cond_stage_trainable)
+    unet_classes, context_dim, in_ch = None, recipe.context_dim, latent_ch
+    if recipe.cond == "class":
+        if num_classes is None:
+            raise ValueError("cond='class' needs the number of classes: set LDMRecipe.num_classes")
+        unet_classes = num_classes + 1  # the last class is the null class of classifier-free guidance
+        kw.update(conditioning_key="adm", cond_key=recipe.cond_key or "label", unconditional_value=num_classes)
+    if kw["conditioning_key"] in ("concat", "hybrid"):
+        raise ValueError("concat / hybrid recipes need the condition's channels; build the LatentDiffusion by hand "
+                         "(UNetModel(in_channels=latent + condition channels, ...))")
+    if kw["conditioning_key"] not in ("crossattn", "hybrid"):
+        context_dim = None
+    elif context_dim is None:
+        raise ValueError(f"conditioning_key={kw['conditioning_key']!r} needs LDMRecipe.context_dim (the cond stage's width)")
+    unet = UNetModel.from_config(recipe.unet_config(in_ch, latent_ch, unet_classes, context_dim))
+    schedule = NoiseSchedule.from_name(recipe.schedule, recipe.timesteps, linear_start=recipe.linear_start,
+                                       linear_end=recipe.linear_end)
+    return LatentDiffusion(
+        ae, unet, cond_stage, schedule=schedule, parameterization=recipe.parameterization,
+        scale_factor=recipe.scale_factor, scale_by_std=recipe.scale_by_std and ae is not None,
+        posterior=recipe.posterior, lr=recipe.lr, weighting=recipe.weighting,
+        cond_drop_prob=recipe.cond_drop_prob if kw["conditioning_key"] is not None else 0.0,
+        image_size=recipe.size, **kw,
+    )
+
+
+@torch.no_grad()
+def evaluate_ldm_loss(model, dataset, n: int = 64, batch_size: int = 32, seed: int = 0) -> float:
+    """The diffusion loss (Eq. 2, unweighted) on the first ``n`` samples of ``dataset``, at fixed timesteps
+    and noise drawn from ``seed`` (no condition dropout): comparable across runs and checkpoints."""
+    from torch.utils.data import DataLoader, Subset
+
+    was = model.training
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    total, count = 0.0, 0
+    try:
+        for batch in DataLoader(Subset(dataset, range(min(n, len(dataset)))), batch_size=batch_size):
+            z = model.get_input(batch)
+            c = model.get_condition(batch, drop=False)
+            t = torch.randint(0, model.schedule.num_timesteps, (z.shape[0],), generator=gen)
+            noise = torch.randn(z.shape, generator=gen).to(z)
+            _, logs = model.p_losses(z, c, t=t.to(z.device), noise=noise)
+            total += float(logs["loss_per_sample"].sum())
+            count += z.shape[0]
+    finally:
+        model.train(was)
+    return total / max(count, 1)
+
+
+def train_ldm(recipe: LDMRecipe, first_stage=None, out_dir: str | None = None, ckpt_every: int | None = None,
+              resume: bool = False, progress: bool = True, export: str | None = None, cache_latents: bool = True,
+              callbacks=(), command: str | None = None, cond_stage: torch.nn.Module | None = None) -> dict:
+    """Train a latent diffusion model (or a pixel-space one) with the recipe.
+
+    ``first_stage``: overrides ``recipe.first_stage``: a shipped checkpoint's name or a path, ``"pixel"``,
+    ``"auto"``, or an autoencoder module. ``cache_latents``: encode the training set once
+    (:meth:`LatentDiffusion.encode_dataset`) and train on the latents, skipping the encoder each step.
+    ``cond_stage``: a conditioning module for text / layout (with the recipe's ``conditioning_key``,
+    ``cond_key``, ``context_dim``).
+
+    Returns dict(model (eval mode, EMA weights if used), history, metrics (held-out ``val_loss``),
+    wall_time_s (training), encode_time_s (caching), recipe, first_stage (its name)). With ``export`` (a
+    path or a name under ``data/pretrained/``) the UNet (+ trainable cond stage) and the scale factor are
+    saved in float16 with a manifest ``kind="ldm"`` naming the first-stage checkpoint; an in-memory first
+    stage is exported next to it as ``<export>_first_stage``. Load with :func:`ldm_lite.pretrained.load_ldm`.
+    """
+    from dataclasses import asdict
+
+    from torch.utils.data import Subset
+
+    torch.manual_seed(recipe.seed)
+    ae, fs_name = _resolve_first_stage(recipe, first_stage)
+    is_procedural = recipe.data in ("shapes", "photos")
+    train_set = load_dataset(recipe.data, recipe.size, "train", seed=recipe.seed,
+                             length=recipe.train_images if is_procedural else None)
+    if recipe.train_images is not None and not is_procedural and len(train_set) > recipe.train_images:
+        train_set = Subset(train_set, range(recipe.train_images))
+    test_set = load_dataset(recipe.data, recipe.size, "test", seed=recipe.seed,
+                            length=recipe.eval_images if is_procedural else None)
+    num_classes = recipe.num_classes
+    if recipe.cond == "class" and num_classes is None:
+        names = getattr(getattr(train_set, "dataset", train_set), "class_names", None)
+        if not names:
+            raise ValueError(
+                f"cond='class' needs a dataset with a 'label' field and class names; {recipe.data!r} has none "
+                "(use data='fashion', an image folder with labels, or set LDMRecipe.num_classes)"
+            )
+        num_classes = len(names)
+    model = build_ldm(recipe, ae, cond_stage, num_classes)
+
+    encode_time = 0.0
+    data = train_set
+    if cache_latents:
+        t0 = time.perf_counter()
+        data = model.encode_dataset(train_set, batch_size=64, progress=progress)
+        encode_time = time.perf_counter() - t0
+    cfg = TrainConfig(max_steps=recipe.steps, batch_size=recipe.batch_size, seed=recipe.seed,
+                      ema_decay=recipe.ema_decay, out_dir=out_dir, ckpt_every=ckpt_every, progress=progress,
+                      lr_warmup_steps=recipe.lr_warmup_steps)
+    trainer = Trainer(model, data, cfg, callbacks=list(callbacks))
+    t0 = time.perf_counter()
+    history = trainer.fit(resume=resume)
+    wall = time.perf_counter() - t0
+    if recipe.ema_decay is not None:
+        target = model.ema_module()
+        with trainer.swap_ema():
+            state = {k: v.clone() for k, v in target.state_dict().items()}
+        target.load_state_dict(state)
+    model.eval()
+    metrics = dict(val_loss=evaluate_ldm_loss(model, test_set, n=recipe.eval_images, seed=recipe.seed))
+    result = dict(model=model, history=history, metrics=metrics, wall_time_s=wall, encode_time_s=encode_time,
+                  recipe=recipe, first_stage=fs_name, scale_factor=float(model.scale_factor))
+    if export:
+        from ldm_lite.pretrained import PRETRAINED_DIR, save_pretrained
+
+        target = Path(export) if ("/" in export or export.endswith(".safetensors")) else PRETRAINED_DIR / export
+        target = target.with_suffix("") if target.suffix in (".safetensors", ".json") else target
+        if ae is not None and fs_name is None:  # an in-memory first stage: export it alongside
+            fs_target = target.with_name(target.name + "_first_stage")
+            save_pretrained(ae, fs_target, dict(
+                kind="autoencoder", config=ae.config.to_dict(), data=dict(name=recipe.data, size=recipe.size),
+                note=f"first stage of the LDM {target.name}", date=datetime.date.today().isoformat()))
+            fs_name = fs_target.name
+        elif fs_name not in (None, "pixel") and Path(fs_name).is_absolute():
+            try:  # a path next to the export travels with it
+                fs_name = str(Path(fs_name).relative_to(target.parent.resolve()))
+            except ValueError:
+                pass
+        cs = model.cond_stage
+        manifest = dict(
+            kind="ldm", first_stage=fs_name,
+            unet_config={k: (list(v) if isinstance(v, tuple) else v)
+                         for k, v in asdict(model.unet.to_config()).items()},
+            ldm=dict(conditioning_key=model.conditioning_key, cond_key=model.cond_key,
+                     parameterization=model.parameterization, scale_factor=float(model.scale_factor),
+                     scale_by_std=recipe.scale_by_std, posterior=model.posterior, image_size=recipe.size,
+                     latent_size=list(model.latent_size) if model.latent_size else None,
+                     latent_channels=model.latent_channels, unconditional_value=_jsonable(model.unconditional_value),
+                     cond_drop_prob=model.cond_drop_prob, num_classes=num_classes),
+            cond_stage=None if cs is None else dict(
+                cls=f"{type(cs).__module__}.{type(cs).__qualname__}", trainable=model.cond_stage_trainable,
+                exported=model.cond_stage_trainable),
+            schedule=recipe.schedule_config(),
+            data=dict(name=recipe.data, size=recipe.size, train_images=len(train_set),
+                      eval=f"diffusion loss on the first {recipe.eval_images} held-out images, fixed t and noise"),
+            recipe={k: (list(v) if isinstance(v, tuple) else _jsonable(v)) for k, v in recipe.__dict__.items()},
+            command=command or " ".join(shlex.quote(a) for a in sys.argv),
+            steps=recipe.steps, wall_time_s=round(wall, 1), encode_time_s=round(encode_time, 1),
+            cached_latents=bool(cache_latents), device=str(trainer.device), torch_threads=torch.get_num_threads(),
+            torch=torch.__version__, metrics={k: round(v, 5) for k, v in metrics.items()},
+            final_train_logs={k: round(v, 5) for k, v in history[-1].items()} if history else {},
+            date=datetime.date.today().isoformat(),
+        )
+        result["weights"] = str(save_pretrained(model.export_module(), target, manifest))
+    return result
+
+
+def _jsonable(value):
+    """A recipe value for a JSON manifest (tensors -> lists; anything else unusual -> its repr)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if torch.is_tensor(value):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return repr(value)

@@ -88,3 +88,56 @@ def load_autoencoder(name_or_path, device="cpu"):
     model = build_autoencoder(AutoencoderConfig(**manifest["config"]))
     model.load_state_dict(load_state_dict(name_or_path))
     return model.to(device).eval()
+
+
+def load_ldm(name_or_path, device="cpu", first_stage=None, cond_stage=None):
+    """Rebuild an exported :class:`~ldm_lite.ldm.LatentDiffusion` (manifest ``kind="ldm"``) in eval mode.
+
+    The UNet comes from the manifest's ``unet_config``, the weights (UNet, trainable cond stage) from
+    the safetensors file, ``scale_factor`` from the manifest (exact; the float16 weights round it), and
+    the first stage from the checkpoint the manifest names (shipped name, or a path relative to the
+    manifest) -- or ``"pixel"``. ``first_stage`` / ``cond_stage`` pass modules instead, e.g. a frozen
+    pre-trained text encoder, which is recorded by class name but not exported.
+    """
+    from ldm_lite.diffusion import NoiseSchedule
+    from ldm_lite.ldm import LatentDiffusion
+    from ldm_lite.unet import UNetModel
+
+    base = resolve(name_or_path)
+    manifest = load_manifest(base)
+    if manifest.get("kind") != "ldm":
+        raise ValueError(f"{name_or_path!r} is a {manifest.get('kind')!r} checkpoint, not an LDM (kind='ldm')")
+    if first_stage is None and manifest.get("first_stage") not in (None, "pixel"):
+        fs = manifest["first_stage"]
+        try:
+            fs_base = resolve(fs)
+        except FileNotFoundError:
+            fs_base = resolve(base.parent / fs)  # exported next to the LDM
+        first_stage = load_autoencoder(fs_base)
+    elif first_stage is None and manifest.get("first_stage") is None:
+        raise ValueError(f"{name_or_path!r} was trained on an in-memory first stage that was not exported; "
+                         "pass first_stage=<the autoencoder>")
+    info = manifest.get("cond_stage")
+    if info is not None and cond_stage is None:
+        raise ValueError(
+            f"{name_or_path!r} uses a cond stage ({info.get('cls')}); build it as in training and pass "
+            "cond_stage=... (its weights are loaded from the checkpoint when it was trained)"
+        )
+    ldm_cfg = manifest["ldm"]
+    unet = UNetModel.from_config(manifest["unet_config"])
+    sched = dict(manifest["schedule"])
+    schedule = NoiseSchedule.from_name(sched.pop("schedule"), sched.pop("n_timestep"), **sched)
+    uv = ldm_cfg.get("unconditional_value")
+    model = LatentDiffusion(
+        first_stage, unet, cond_stage, conditioning_key=ldm_cfg.get("conditioning_key"),
+        cond_key=ldm_cfg.get("cond_key"), cond_stage_trainable=bool(info and info.get("trainable")),
+        schedule=schedule, parameterization=ldm_cfg.get("parameterization", "eps"),
+        posterior=ldm_cfg.get("posterior", "mode"), unconditional_value=uv,
+        image_size=ldm_cfg.get("image_size"),
+    )
+    model.load_exported(load_state_dict(base))
+    with torch.no_grad():
+        model.scale_factor.fill_(float(ldm_cfg["scale_factor"]))
+    if ldm_cfg.get("latent_size"):
+        model.latent_size = tuple(ldm_cfg["latent_size"])
+    return model.to(device).eval()

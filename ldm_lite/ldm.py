@@ -1,0 +1,1036 @@
+"""Latent diffusion: a frozen first stage, a UNet denoiser and a conditioning mechanism (Sec. 3.2-3.3).
+
+The paper's model in one class, :class:`LatentDiffusion`, built from the parts of the earlier chapters:
+
+* the **first stage** (Sec. 3.1): a trained, *frozen* :class:`~ldm_lite.autoencoder.AutoencoderKL` or
+  :class:`~ldm_lite.autoencoder.VQModel`. ``encode_first_stage`` maps images ``x (B, 3, H, W)`` to
+  latents ``z (B, c, H/f, W/f)``; ``decode_first_stage`` maps latents back. With ``first_stage=None``
+  the same class is a *pixel-space* diffusion model (encode and decode are the identity), which is
+  how chapters 02 and 04 compare the two at equal code;
+* the **denoiser** ``eps_theta(z_t, t, c)``: a :class:`~ldm_lite.unet.UNetModel`, trained with the
+  LDM objective (Eq. 2; Eq. 3 with a condition) through :func:`~ldm_lite.diffusion.diffusion_loss`::
+
+      L_LDM = E_{E(x), y, eps ~ N(0, I), t} || eps - eps_theta(z_t, t, tau_theta(y)) ||^2
+
+* the **conditioning** (Sec. 3.3): a ``cond_stage`` ``tau_theta`` maps the raw condition ``y`` (class
+  labels, token ids, boxes, a low-resolution image ...) to what the UNet consumes, and
+  ``conditioning_key`` says how it enters the UNet (names as in the CompVis code):
+
+  ============== ================================================================================
+  ``None``       unconditional: ``unet(z_t, t)``
+  ``"crossattn"``  ``c`` (B, M, context_dim) is the key/value sequence of every cross-attention
+                   layer: ``unet(z_t, t, context=c)`` (Eq. 3)
+  ``"concat"``   ``c`` (B, C_c, h, w) at the *latent* size is concatenated to ``z_t`` on the
+                   channel axis: ``unet(cat([z_t, c], 1), t)`` -- super-resolution, inpainting,
+                   semantic maps (Sec. 4.4-4.5). The UNet's ``in_channels`` is ``c + C_c``
+  ``"hybrid"``   both: ``c = {"c_concat": ..., "c_crossattn": ...}``
+  ``"adm"``      a class label ``c`` (B,) long, embedded and added to the time embedding
+                   (``unet(z_t, t, y=c)``; the ADM way, Dhariwal & Nichol 2021)
+  ============== ================================================================================
+
+Conventions of this module (each is a choice the CompVis code makes differently or implicitly):
+
+* **Posterior mode, not a sample.** ``encode_first_stage`` returns the *mean* of the KL encoder's
+  posterior ``q(z|x)`` by default (``posterior="mode"``); CompVis draws a sample. With the tiny
+  KL weight of the first stage (~1e-6) the posterior's standard deviation is ~1e-2 or less of the
+  latent's, so the sample adds almost nothing -- and the mode makes encoding deterministic: cached
+  latents (:meth:`LatentDiffusion.encode_dataset`) then give exactly the loss of encoding in the
+  loop. ``posterior="sample"`` restores the CompVis behaviour. A VQ first stage is always encoded
+  to its *pre-quantisation* latent (``VQModel.encode_pre_quant``), and ``decode_first_stage``
+  quantises before decoding (the quantiser is "absorbed into the decoder", Sec. 3.1).
+* **scale_factor.** The diffusion model sees ``z = scale_factor * E(x)``; ``decode_first_stage``
+  divides by it first. It is a registered buffer, so it is saved in every checkpoint. With
+  ``scale_by_std=True`` it is estimated once, at the start of training, as ``1 / std`` of the first
+  batch's (unscaled) latents (all elements pooled), so the latents the UNet sees have unit variance
+  like the noise -- Stable Diffusion's ``0.18215`` is such an estimate for its KL-f8 autoencoder.
+* **Conditioning dropout for classifier-free guidance.** The CompVis training code never drops the
+  condition. Here ``cond_drop_prob = p`` replaces each sample's condition by the *unconditional
+  conditioning* with probability ``p`` (Ho & Salimans 2021), so the same network can be guided at
+  sampling time. The unconditional conditioning is ``get_learned_conditioning(unconditional_value)``
+  when an ``unconditional_value`` is given (a *raw* condition of one sample: the null class index,
+  the token ids of the empty caption ...; the cond stage learns its embedding), otherwise **zeros**
+  of the learned conditioning's shape (a zero context / zero concat image). ``"adm"`` needs a null
+  class: build the UNet with ``num_classes = n + 1`` and pass ``unconditional_value=n``. In
+  ``"hybrid"`` mode only the cross-attention part is dropped; the spatial ``c_concat`` part (the
+  image being completed or upscaled) is always kept.
+
+The class follows :mod:`ldm_lite.train`'s module protocol, so ``Trainer(ldm, dataset, cfg).fit()``
+trains it: ``configure_optimizers`` (one AdamW over the UNet and a trainable cond stage; the first
+stage is frozen), ``training_step``, ``ema_module`` and ``on_train_start`` (the scale estimate).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ldm_lite.diffusion.samplers import Sampler, make_sampler
+from ldm_lite.diffusion.schedule import PARAMETERIZATIONS, NoiseSchedule, diffusion_loss
+from ldm_lite.unet.model import UNetModel
+
+__all__ = ["CONDITIONING_KEYS", "LatentDiffusion", "LatentDataset", "default_schedule"]
+
+CONDITIONING_KEYS = (None, "crossattn", "concat", "hybrid", "adm")
+_COND_PARTS = ("c_concat", "c_crossattn", "context_mask", "y")
+
+
+def default_schedule() -> NoiseSchedule:
+    """The LDM / Stable Diffusion schedule: ``"linear"`` (linear in sqrt(beta)), T=1000, 0.00085-0.012."""
+    return NoiseSchedule.from_name("linear", 1000, linear_start=0.00085, linear_end=0.012)
+
+
+def _first_tensor(x: Any) -> torch.Tensor | None:
+    """The first tensor in a (nested) conditioning, to read its batch size and device."""
+    if torch.is_tensor(x):
+        return x
+    if isinstance(x, dict):
+        x = list(x.values())
+    if isinstance(x, (list, tuple)):
+        for v in x:
+            t = _first_tensor(v)
+            if t is not None:
+                return t
+    return None
+
+
+def _expand_batch(x: Any, batch_size: int) -> Any:
+    """Repeat a conditioning of batch size 1 to ``batch_size`` (tensors, lists of tensors, dicts)."""
+    if torch.is_tensor(x):
+        if x.ndim == 0:
+            return x.expand(batch_size)
+        if x.shape[0] == 1 and batch_size != 1:
+            return x.expand(batch_size, *x.shape[1:])
+        return x
+    if isinstance(x, dict):
+        return {k: _expand_batch(v, batch_size) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        if len(x) == 1 and not torch.is_tensor(x[0]) and batch_size != 1:  # raw list, e.g. ["a caption"]
+            return type(x)(list(x) * batch_size)
+        return type(x)(_expand_batch(v, batch_size) for v in x)
+    return x
+
+
+def _batch_raw(value: Any, batch_size: int) -> Any:
+    """One sample's raw condition (int, float, str, tensor without batch axis) -> a batch of it."""
+    if isinstance(value, bool):
+        raise TypeError("unconditional_value must be a condition (int, str, tensor, ...), not a bool")
+    if isinstance(value, int):
+        return torch.full((batch_size,), value, dtype=torch.long)
+    if isinstance(value, float):
+        return torch.full((batch_size,), value, dtype=torch.float32)
+    if isinstance(value, str):
+        return [value] * batch_size
+    if torch.is_tensor(value):
+        return value.unsqueeze(0).expand(batch_size, *value.shape)
+    if isinstance(value, dict):
+        return {k: _batch_raw(v, batch_size) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return _batch_raw(torch.tensor(value), batch_size)  # e.g. token ids [101, 102, 0, ...]
+    raise TypeError(
+        f"cannot make a batch of the unconditional value {value!r}; use an int, float, str, tensor (one "
+        "sample, no batch axis), a list of numbers or a dict of these -- or a callable batch_size -> raw batch"
+    )
+
+
+def _to_device(x: Any, device: torch.device) -> Any:
+    if torch.is_tensor(x):
+        return x.to(device)
+    if isinstance(x, dict):
+        return {k: _to_device(v, device) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_device(v, device) for v in x)
+    return x
+
+
+class _ExportedWeights(nn.Module):
+    """What an exported LDM stores: the UNet, a trainable cond stage and the scale factor.
+
+    The first stage is a separate checkpoint (recorded by name in the manifest), so it is not repeated.
+    """
+
+    def __init__(self, unet: nn.Module, cond_stage: nn.Module | None, scale_factor: torch.Tensor):
+        super().__init__()
+        self.unet = unet
+        if cond_stage is not None:
+            self.cond_stage = cond_stage
+        self.register_buffer("scale_factor", scale_factor.detach().clone())
+
+
+class LatentDiffusion(nn.Module):
+    """A latent (or pixel-space) diffusion model: frozen first stage + UNet + conditioning (Sec. 3.2-3.3).
+
+    Args:
+        first_stage: a trained ``AutoencoderKL`` / ``VQModel`` (frozen here: ``requires_grad_(False)``
+            and kept in eval mode), or ``None`` for a diffusion model in pixel space.
+        unet: the denoiser; ``out_channels`` = latent channels, ``in_channels`` = latent channels
+            (+ the channels of a concatenated condition for ``"concat"`` / ``"hybrid"``).
+        cond_stage: ``tau_theta``, maps the raw condition ``y`` to the UNet's context / concat image /
+            class labels; ``None`` = identity (e.g. raw class labels for ``"adm"``, a low-resolution
+            image already at the latent size for ``"concat"``). In ``"hybrid"`` mode it is applied
+            to the ``"c_crossattn"`` part only. It may return a tensor, ``(context, mask)`` or a dict
+            with the keys ``c_crossattn`` / ``context_mask`` / ``c_concat`` / ``y``.
+        conditioning_key: ``None``, ``"crossattn"``, ``"concat"``, ``"hybrid"`` or ``"adm"`` (module
+            docstring).
+        cond_key: the batch key of the raw condition (``"label"``, ``"caption_ids"``, ``"lr_image"`` ...);
+            for ``"hybrid"`` a dict ``{"c_concat": batch_key, "c_crossattn": batch_key}``. Required when
+            ``conditioning_key`` is set.
+        cond_stage_trainable: train the cond stage with the UNet (a text transformer from scratch, a
+            class embedding) or keep it frozen (a pre-trained text encoder).
+        schedule: the :class:`NoiseSchedule` (default :func:`default_schedule`).
+        parameterization: what the UNet predicts: ``"eps"`` (the paper), ``"x0"`` or ``"v"``.
+        scale_factor: latents are multiplied by it after encoding (divided before decoding).
+        scale_by_std: estimate ``scale_factor = 1 / std(first batch's latents)`` in
+            :meth:`on_train_start` (needs a first stage and ``scale_factor=1.0``).
+        posterior: ``"mode"`` (default; deterministic) or ``"sample"`` (CompVis) for a KL first stage.
+        lr, weight_decay: AdamW over the UNet (+ trainable cond stage); CompVis uses AdamW with
+            PyTorch's default ``weight_decay=0.01``.
+        weighting, min_snr_gamma, loss_type: passed to :func:`diffusion_loss` (``None`` = the paper).
+        cond_drop_prob: probability of replacing a sample's condition by the unconditional one in
+            training (classifier-free guidance; 0 = never, as the original code).
+        unconditional_value: one sample's *raw* unconditional condition (the null class, the token
+            ids of ``""``), or a callable ``batch_size -> raw batch``; ``None`` = zeros of the
+            learned conditioning (module docstring).
+        image_size: the training image size (int or (H, W)); sets the default latent size of
+            :meth:`sample`. Without it the size of the first training batch is used.
+        t_buckets: log the loss per timestep range, ``loss_t/<lo>-<hi>``, in this many equal ranges
+            (0 = off).
+    """
+
+    def __init__(
+        self,
+        first_stage: nn.Module | None,
+        unet: UNetModel,
+        cond_stage: nn.Module | None = None,
+        *,
+        conditioning_key: str | None = None,
+        cond_key: str | dict[str, str] | None = None,
+        cond_stage_trainable: bool = True,
+        schedule: NoiseSchedule | None = None,
+        parameterization: str = "eps",
+        scale_factor: float = 1.0,
+        scale_by_std: bool = False,
+        posterior: str = "mode",
+        lr: float = 1e-4,
+        weight_decay: float = 0.01,
+        weighting: str | None = None,
+        min_snr_gamma: float = 5.0,
+        loss_type: str = "l2",
+        cond_drop_prob: float = 0.0,
+        unconditional_value: Any = None,
+        image_size: int | tuple[int, int] | None = None,
+        t_buckets: int = 4,
+    ):
+        super().__init__()
+        if conditioning_key not in CONDITIONING_KEYS:
+            raise ValueError(
+                f"unknown conditioning_key {conditioning_key!r}; use None (unconditional), 'crossattn' "
+                "(context for cross-attention), 'concat' (spatial condition concatenated to z_t), 'hybrid' "
+                "(both) or 'adm' (class labels added to the time embedding)"
+            )
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"unknown parameterization {parameterization!r}; use one of {', '.join(PARAMETERIZATIONS)}")
+        if posterior not in ("mode", "sample"):
+            raise ValueError(f"posterior must be 'mode' (deterministic mean) or 'sample' (CompVis), got {posterior!r}")
+        if weighting not in (None, "min_snr"):
+            raise ValueError(f"unknown weighting {weighting!r}; use None (the paper) or 'min_snr'")
+        if not 0.0 <= cond_drop_prob <= 1.0:
+            raise ValueError(f"cond_drop_prob must lie in [0, 1], got {cond_drop_prob}")
+        if not isinstance(unet, nn.Module):
+            raise TypeError(f"unet must be an nn.Module (a UNetModel), got {type(unet).__name__}")
+
+        self.first_stage = first_stage
+        self.unet = unet
+        self.cond_stage = cond_stage
+        self.conditioning_key = conditioning_key
+        self.cond_key = cond_key
+        self.cond_stage_trainable = bool(cond_stage_trainable)
+        self.schedule = schedule if schedule is not None else default_schedule()
+        if not isinstance(self.schedule, NoiseSchedule):
+            raise TypeError(f"schedule must be a NoiseSchedule, got {type(self.schedule).__name__}")
+        self.parameterization = parameterization
+        self.scale_by_std = bool(scale_by_std)
+        self.posterior = posterior
+        self.lr, self.weight_decay = float(lr), float(weight_decay)
+        self.weighting, self.min_snr_gamma, self.loss_type = weighting, float(min_snr_gamma), loss_type
+        self.cond_drop_prob = float(cond_drop_prob)
+        self.unconditional_value = unconditional_value
+        self.t_buckets = int(t_buckets)
+        self.register_buffer("scale_factor", torch.tensor(float(scale_factor), dtype=torch.float32))
+        self.scale_estimated = False  # set by estimate_scale_factor (a resumed run restores the buffer)
+
+        if first_stage is not None:
+            first_stage.eval()
+            first_stage.requires_grad_(False)
+        if cond_stage is not None and not self.cond_stage_trainable:
+            cond_stage.eval()
+            cond_stage.requires_grad_(False)
+
+        self._validate(scale_factor)
+        self.image_size = None if image_size is None else self._pair(image_size)
+        self.latent_size: tuple[int, int] | None = None
+        if self.image_size is not None:
+            h, w = self.image_size
+            if h % self.f or w % self.f:
+                raise ValueError(
+                    f"image_size {h}x{w} is not divisible by the autoencoder's downsampling factor f={self.f}; "
+                    f"use a multiple of {self.f}"
+                )
+            self.latent_size = (h // self.f, w // self.f)
+
+    # ------------------------------------------------------------------ construction checks
+    @staticmethod
+    def _pair(size) -> tuple[int, int]:
+        if isinstance(size, int):
+            return (size, size)
+        h, w = size
+        return (int(h), int(w))
+
+    @property
+    def f(self) -> int:
+        """The first stage's downsampling factor (1 in pixel space)."""
+        return int(getattr(self.first_stage, "f", 1)) if self.first_stage is not None else 1
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the diffusion model's sample: the autoencoder's ``embed_dim`` (pixel space: image channels)."""
+        if self.first_stage is not None and hasattr(self.first_stage, "embed_dim"):
+            return int(self.first_stage.embed_dim)
+        return int(self.unet.out_channels)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def _validate(self, scale_factor: float) -> None:
+        key, unet = self.conditioning_key, self.unet
+        zc = self.latent_channels
+        u_in, u_out = getattr(unet, "in_channels", None), getattr(unet, "out_channels", None)
+        context_dim, num_classes = getattr(unet, "context_dim", None), getattr(unet, "num_classes", None)
+        where = "the autoencoder's latent" if self.first_stage is not None else "the image"
+        if u_out is not None and u_out != zc:
+            raise ValueError(
+                f"the UNet predicts out_channels={u_out} channels but {where} has {zc}; build the UNet with "
+                f"out_channels={zc}"
+            )
+        if u_in is not None:
+            if key in ("concat", "hybrid"):
+                if u_in <= zc:
+                    raise ValueError(
+                        f"conditioning_key={key!r} concatenates the condition to z_t, so the UNet needs in_channels = "
+                        f"{zc} (latent) + the condition's channels, but it has in_channels={u_in}"
+                    )
+            elif u_in != zc:
+                raise ValueError(
+                    f"the UNet has in_channels={u_in} but {where} has {zc} channels; build it with in_channels={zc}"
+                    + (" (or use conditioning_key='concat' if the extra channels are a spatial condition)"
+                       if u_in > zc else "")
+                )
+        if context_dim is not None and key not in ("crossattn", "hybrid"):
+            raise ValueError(
+                f"the UNet was built with context_dim={context_dim} (cross-attention), so it needs a context: use "
+                "conditioning_key='crossattn' (or 'hybrid'), or build the UNet with context_dim=None"
+            )
+        if key in ("crossattn", "hybrid") and context_dim is None:
+            raise ValueError(
+                f"conditioning_key={key!r} feeds a context to cross-attention, but the UNet has context_dim=None; "
+                "build it with context_dim=<width of the cond stage's output> (and use_spatial_transformer=True)"
+            )
+        if num_classes is not None and key != "adm":
+            raise ValueError(
+                f"the UNet was built with num_classes={num_classes} (a class embedding), so it needs labels y: "
+                "use conditioning_key='adm', or build the UNet with num_classes=None"
+            )
+        if key == "adm" and num_classes is None:
+            raise ValueError("conditioning_key='adm' passes class labels y, but the UNet has num_classes=None; "
+                             "build it with num_classes=<number of classes (+1 for a null class)>")
+        if key is not None and self.cond_key is None:
+            raise ValueError(
+                f"conditioning_key={key!r} needs cond_key: the batch key of the raw condition, e.g. cond_key='label'"
+                + (" (hybrid: cond_key={'c_concat': 'lr_image', 'c_crossattn': 'caption_ids'})" if key == "hybrid" else "")
+            )
+        if isinstance(self.cond_key, dict):
+            if key != "hybrid":
+                raise ValueError("a dict cond_key is for conditioning_key='hybrid'; use a single batch key otherwise")
+            bad = set(self.cond_key) - {"c_concat", "c_crossattn"}
+            if bad:
+                raise ValueError(f"hybrid cond_key keys must be 'c_concat' and 'c_crossattn', got extra {sorted(bad)}")
+        if self.cond_drop_prob > 0 and key is None:
+            raise ValueError("cond_drop_prob > 0 needs a conditional model (conditioning_key is None: nothing to drop)")
+        if key == "adm" and self.cond_drop_prob > 0 and self.unconditional_value is None:
+            raise ValueError(
+                "classifier-free guidance with conditioning_key='adm' needs a null class: build the UNet with "
+                "num_classes = n + 1 and pass unconditional_value=n (zeros would be class 0)"
+            )
+        if self.scale_by_std:
+            if self.first_stage is None:
+                raise ValueError(
+                    "scale_by_std=True estimates the scale of an autoencoder's latents, but this is a pixel-space "
+                    "model (first_stage=None): images in [-1, 1] need no rescaling; set scale_by_std=False"
+                )
+            if float(scale_factor) != 1.0:
+                raise ValueError(
+                    f"scale_by_std=True estimates scale_factor itself; pass scale_factor=1.0 (got {scale_factor}) "
+                    "or scale_by_std=False to keep a known value such as 0.18215"
+                )
+        if self.t_buckets < 0:
+            raise ValueError(f"t_buckets must be >= 0, got {self.t_buckets}")
+
+    # ------------------------------------------------------------------ modes and the Trainer protocol
+    def train(self, mode: bool = True) -> "LatentDiffusion":
+        """Train mode for the UNet (and a trainable cond stage); the frozen parts stay in eval mode."""
+        super().train(mode)
+        if self.first_stage is not None:
+            self.first_stage.eval()
+        if self.cond_stage is not None and not self.cond_stage_trainable:
+            self.cond_stage.eval()
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        params = list(self.unet.parameters())
+        if self.cond_stage is not None and self.cond_stage_trainable:
+            params += [p for p in self.cond_stage.parameters() if p.requires_grad]
+        return params
+
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """``{"ldm": AdamW(UNet + trainable cond stage, lr)}`` -- the first stage is never optimised."""
+        return {"ldm": torch.optim.AdamW(self.trainable_parameters(), lr=self.lr, weight_decay=self.weight_decay)}
+
+    def ema_module(self) -> nn.Module:
+        """What the EMA tracks: the UNet, or ``ModuleDict(unet=..., cond_stage=...)`` with a trainable cond stage."""
+        if self.cond_stage is not None and self.cond_stage_trainable:
+            return nn.ModuleDict({"unet": self.unet, "cond_stage": self.cond_stage})
+        return self.unet
+
+    @torch.no_grad()
+    def on_train_start(self, first_batch) -> None:
+        """Called once by the Trainer at the start of a fresh run: ``scale_by_std`` estimates ``scale_factor``."""
+        if not self.scale_by_std or self.scale_estimated:
+            return
+        if isinstance(first_batch, dict) and "image" in first_batch:
+            self.estimate_scale_factor(first_batch["image"])
+        elif torch.is_tensor(first_batch):
+            self.estimate_scale_factor(first_batch)
+        else:
+            raise ValueError(
+                "scale_by_std=True needs images to estimate scale_factor, but the first batch has only "
+                f"{sorted(first_batch) if isinstance(first_batch, dict) else type(first_batch).__name__}; cache "
+                "the latents with this model's encode_dataset(...) (it estimates the scale before encoding)"
+            )
+
+    @torch.no_grad()
+    def estimate_scale_factor(self, images: torch.Tensor) -> float:
+        """Set ``scale_factor = 1 / std(E(images))`` (all elements of the unscaled latents pooled); return it."""
+        if self.first_stage is None:
+            raise ValueError("estimate_scale_factor needs a first stage; a pixel-space model keeps scale_factor=1")
+        self.scale_factor.fill_(1.0)
+        z = self.encode_first_stage(images.to(self.scale_factor.device))
+        std = z.float().flatten().std()
+        if not torch.isfinite(std) or std <= 0:
+            raise ValueError(f"cannot estimate scale_factor: the latents' std is {float(std)}")
+        self.scale_factor.fill_(float(1.0 / std))
+        self.scale_estimated = True
+        return float(self.scale_factor)
+
+    # ------------------------------------------------------------------ first stage
+    def encode_first_stage(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Images ``x (B, 3, H, W)`` in [-1, 1] -> scaled latents ``scale_factor * E(x)``, ``(B, c, H/f, W/f)``.
+
+        KL: the posterior mode (default) or a sample (``posterior="sample"``, from ``generator``);
+        VQ: the pre-quantisation latent. Pixel space: ``x`` itself (times ``scale_factor``, i.e. 1).
+        Runs without gradients (the first stage is frozen).
+        """
+        if not torch.is_tensor(x) or x.ndim != 4:
+            raise ValueError(f"expected images of shape (B, C, H, W), got {getattr(x, 'shape', type(x).__name__)}")
+        if self.first_stage is None:
+            return x * self.scale_factor.to(x.dtype)
+        cfg = getattr(self.first_stage, "config", None)
+        c_in = getattr(cfg, "in_channels", None)
+        if c_in is not None and x.shape[1] != c_in:
+            raise ValueError(f"the autoencoder takes {c_in}-channel images, got {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        if h % self.f or w % self.f:
+            raise ValueError(
+                f"image size {h}x{w} is not divisible by the autoencoder's downsampling factor f={self.f}; "
+                f"resize or crop to a multiple of {self.f} (e.g. {max(self.f, h // self.f * self.f)})"
+            )
+        with torch.no_grad():
+            if hasattr(self.first_stage, "encode_pre_quant"):  # VQ: the continuous latent, quantised in decode
+                z = self.first_stage.encode_pre_quant(x)
+            else:
+                out = self.first_stage.encode(x)
+                if hasattr(out, "mode"):
+                    z = out.mode() if self.posterior == "mode" else out.sample(generator)
+                else:
+                    z = out
+        return z.float() * self.scale_factor
+
+    def decode_first_stage(self, z: torch.Tensor, force_quantize: bool = True) -> torch.Tensor:
+        """Scaled latents ``(B, c, h, w)`` -> images ``D(z / scale_factor)`` ``(B, 3, h f, w f)`` (not clamped).
+
+        A VQ first stage quantises first (``force_quantize``). Gradients flow if ``z`` requires them.
+        """
+        z = z / self.scale_factor.to(z.dtype)
+        if self.first_stage is None:
+            return z
+        if hasattr(self.first_stage, "encode_pre_quant"):
+            return self.first_stage.decode(z, force_quantize=force_quantize)
+        return self.first_stage.decode(z)
+
+    # ------------------------------------------------------------------ conditioning
+    def get_learned_conditioning(self, y: Any) -> Any:
+        """The raw condition ``y`` -> what :meth:`apply_model` takes: ``tau_theta(y)`` (identity without a cond stage).
+
+        In ``"hybrid"`` mode ``y`` is a dict ``{"c_concat": ..., "c_crossattn": ...}``; the cond stage is
+        applied to ``"c_crossattn"`` only. A frozen cond stage runs without gradients.
+        """
+        if y is None:
+            return None
+        if self.conditioning_key == "hybrid" and isinstance(y, dict):
+            out = dict(y)
+            if "c_crossattn" in y:
+                learned = self._cond_stage_forward(y["c_crossattn"])
+                if isinstance(learned, dict):
+                    out.pop("c_crossattn")
+                    out.update(learned)
+                else:
+                    out["c_crossattn"] = learned
+            if "c_concat" in out:
+                out["c_concat"] = _to_device(out["c_concat"], self.device)
+            return out
+        return self._cond_stage_forward(y)
+
+    def _cond_stage_forward(self, y: Any) -> Any:
+        if isinstance(y, int) and not isinstance(y, bool):
+            y = torch.tensor([y])  # one class label
+        elif isinstance(y, (list, tuple)) and y and all(isinstance(v, int) and not isinstance(v, bool) for v in y):
+            y = torch.tensor(list(y))  # a batch of class labels
+        y = _to_device(y, self.device)
+        if self.cond_stage is None:
+            return y
+        if self.cond_stage_trainable:
+            c = self.cond_stage(y)
+        else:
+            with torch.no_grad():
+                c = self.cond_stage(y)
+        if isinstance(c, tuple) and len(c) == 2 and self.conditioning_key in ("crossattn", "hybrid"):
+            c = {"c_crossattn": c[0], "context_mask": c[1]}  # (context, mask) from a text encoder
+        return c
+
+    def get_unconditional_conditioning(self, batch_size: int, like: Any = None,
+                                       latent_size: int | tuple[int, int] | None = None) -> Any:
+        """The learned unconditional conditioning for ``batch_size`` samples (what CFG training drops to).
+
+        With ``unconditional_value``: ``get_learned_conditioning`` of it, repeated. Without: zeros of the
+        shape of ``like`` (a learned conditioning) or, lacking it, a zero context ``(B, 1, context_dim)``
+        / a zero concat image at ``latent_size``. ``"hybrid"`` returns only ``{"c_crossattn": ...}`` (the
+        concat part is kept from the condition; :func:`~ldm_lite.diffusion.guidance.batch_conditionings`
+        does that when guiding). ``None`` for an unconditional model.
+        """
+        key = self.conditioning_key
+        if key is None:
+            return None
+        if self.unconditional_value is not None:
+            v = self.unconditional_value
+            raw = v(1) if callable(v) else _batch_raw(v, 1)
+            if key == "hybrid":
+                learned = self._cond_stage_forward(raw)
+                u = dict(learned) if isinstance(learned, dict) else {"c_crossattn": learned}
+            else:
+                u = self.get_learned_conditioning(raw)
+            return _expand_batch(u, batch_size)
+        like_parts = self._normalize(like) if like is not None else {}
+        dev = self.device
+        if key == "adm":
+            raise ValueError(
+                "conditioning_key='adm' has no unconditional conditioning: zeros would be class 0. Build the UNet "
+                "with num_classes = n + 1 and pass unconditional_value=n (a null class)"
+            )
+        u: dict[str, torch.Tensor] = {}
+        if key in ("crossattn", "hybrid"):
+            ref = like_parts.get("c_crossattn")
+            if ref is not None:
+                u["c_crossattn"] = torch.zeros(batch_size, *ref.shape[1:], device=ref.device, dtype=ref.dtype)
+            else:
+                u["c_crossattn"] = torch.zeros(batch_size, 1, self.unet.context_dim, device=dev)
+            if "context_mask" in like_parts:
+                u["context_mask"] = torch.ones(batch_size, u["c_crossattn"].shape[1], dtype=torch.bool,
+                                               device=u["c_crossattn"].device)
+            if key == "crossattn":
+                return u if "context_mask" in u else u["c_crossattn"]
+            return u
+        # concat
+        ref = like_parts.get("c_concat")
+        if ref is not None:
+            return torch.zeros(batch_size, *ref.shape[1:], device=ref.device, dtype=ref.dtype)
+        size = latent_size if latent_size is not None else self.latent_size
+        if size is None:
+            raise ValueError("the zero concat condition needs its size: pass latent_size=(h, w) (or like=a condition)")
+        h, w = self._pair(size)
+        return torch.zeros(batch_size, self.unet.in_channels - self.latent_channels, h, w, device=dev)
+
+    def _normalize(self, cond: Any) -> dict[str, torch.Tensor]:
+        """A learned conditioning (tensor, CompVis-style list, or dict) -> dict with keys of ``_COND_PARTS``."""
+        key = self.conditioning_key
+        if cond is None:
+            return {}
+        if isinstance(cond, dict):
+            bad = set(cond) - set(_COND_PARTS)
+            if bad:
+                raise ValueError(f"unknown conditioning keys {sorted(bad)}; use {', '.join(_COND_PARTS)}")
+            out = {}
+            for k, v in cond.items():
+                if isinstance(v, (list, tuple)):  # CompVis: {"c_crossattn": [c]} -- concatenated on dim 1
+                    v = torch.cat(list(v), dim=1) if len(v) > 1 else v[0]
+                out[k] = v
+            return out
+        if isinstance(cond, (list, tuple)) and cond and all(torch.is_tensor(v) for v in cond):
+            cond = torch.cat(list(cond), dim=1) if len(cond) > 1 else cond[0]
+        if not torch.is_tensor(cond):
+            raise TypeError(
+                f"a learned conditioning must be a tensor or a dict of tensors, got {type(cond).__name__}; raw "
+                "conditions (captions, labels ...) go through get_learned_conditioning first"
+            )
+        if key == "crossattn":
+            return {"c_crossattn": cond}
+        if key == "concat":
+            return {"c_concat": cond}
+        if key == "adm":
+            return {"y": cond}
+        if key == "hybrid":
+            raise ValueError("conditioning_key='hybrid' needs a dict {'c_concat': (B, C, h, w), 'c_crossattn': (B, M, D)}")
+        raise ValueError("this model is unconditional (conditioning_key=None) but a condition was given")
+
+    # ------------------------------------------------------------------ the denoiser
+    def apply_model(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        """``eps_theta(x_t, t, c)``: route the learned conditioning ``cond`` into the UNet by ``conditioning_key``.
+
+        ``x_t`` ``(B, c, h, w)``, ``t`` ``(B,)`` long; ``cond``: ``None`` (unconditional), a tensor (crossattn
+        ``(B, M, D)``, concat ``(B, C_c, h, w)``, adm ``(B,)``) or a dict with keys ``c_concat``,
+        ``c_crossattn``, ``context_mask``, ``y``. Returns the UNet output ``(B, c, h, w)``.
+        """
+        key = self.conditioning_key
+        if key is None:
+            if cond is not None:
+                raise ValueError("this model is unconditional (conditioning_key=None); call it with cond=None")
+            return self.unet(x_t, t)
+        if cond is None:
+            raise ValueError(
+                f"this model is conditional (conditioning_key={key!r}) and got cond=None; pass the learned "
+                "conditioning (get_learned_conditioning(y)) or get_unconditional_conditioning(batch_size)"
+            )
+        parts = self._normalize(cond)
+        x_in, context, y, mask = x_t, None, None, None
+        if key in ("concat", "hybrid"):
+            cc = parts.get("c_concat")
+            if cc is None:
+                raise ValueError(f"conditioning_key={key!r} needs a 'c_concat' tensor (B, C, h, w) at the latent size")
+            if cc.ndim != 4 or cc.shape[0] != x_t.shape[0]:
+                raise ValueError(f"c_concat must have shape (B={x_t.shape[0]}, C, h, w), got {tuple(cc.shape)}")
+            if cc.shape[-2:] != x_t.shape[-2:]:
+                raise ValueError(
+                    f"the concat condition is {cc.shape[-2]}x{cc.shape[-1]} but z_t is {x_t.shape[-2]}x{x_t.shape[-1]}; "
+                    "give the condition at the latent size (resize it, e.g. F.interpolate(c, size=z.shape[-2:]), or "
+                    "use a cond stage that does, such as a SpatialRescaler)"
+                )
+            if x_t.shape[1] + cc.shape[1] != self.unet.in_channels:
+                raise ValueError(
+                    f"z_t has {x_t.shape[1]} channels and the concat condition {cc.shape[1]}, {x_t.shape[1] + cc.shape[1]} "
+                    f"in all, but the UNet has in_channels={self.unet.in_channels}; build it with in_channels="
+                    f"{x_t.shape[1] + cc.shape[1]} or give a condition with {self.unet.in_channels - x_t.shape[1]} channels"
+                )
+            x_in = torch.cat([x_t, cc.to(x_t.dtype)], dim=1)
+        if key in ("crossattn", "hybrid"):
+            context = parts.get("c_crossattn")
+            if context is None:
+                raise ValueError(f"conditioning_key={key!r} needs a context 'c_crossattn' of shape (B, M, D)")
+            mask = parts.get("context_mask")
+        if key == "adm":
+            y = parts.get("y")
+            if y is None:
+                raise ValueError("conditioning_key='adm' needs class labels y (B,)")
+        return self.unet(x_in, t, context=context, y=y, context_mask=mask)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        """Same as :meth:`apply_model`."""
+        return self.apply_model(x_t, t, cond)
+
+    # ------------------------------------------------------------------ training
+    def get_input(self, batch) -> torch.Tensor:
+        """The scaled latents of a batch: ``batch["latent"]`` as it is (pre-encoded, already scaled) or
+        ``encode_first_stage(batch["image"])``. A bare tensor is taken as images."""
+        if torch.is_tensor(batch):
+            batch = {"image": batch}
+        if not isinstance(batch, dict):
+            raise TypeError(f"a batch must be a dict with 'image' or 'latent', got {type(batch).__name__}")
+        if "latent" in batch:
+            z = batch["latent"].to(self.device).float()
+        elif "image" in batch:
+            z = self.encode_first_stage(batch["image"].to(self.device))
+        else:
+            raise KeyError(f"the batch has neither 'image' nor 'latent' (keys: {sorted(batch)})")
+        if z.ndim != 4 or z.shape[1] != self.latent_channels:
+            raise ValueError(f"expected latents of shape (B, {self.latent_channels}, h, w), got {tuple(z.shape)}")
+        if self.latent_size is None:
+            self.latent_size = (int(z.shape[-2]), int(z.shape[-1]))
+        return z
+
+    def get_condition(self, batch, drop: bool | None = None) -> Any:
+        """The learned conditioning of a batch (``None`` if unconditional), with CFG dropout when training.
+
+        ``drop``: apply ``cond_drop_prob`` (default: in train mode). Each sample is dropped independently
+        with probability ``cond_drop_prob`` (drawn from torch's global generator) and gets the
+        unconditional conditioning instead.
+        """
+        if self.conditioning_key is None:
+            return None
+        if not isinstance(batch, dict):
+            raise KeyError(f"a conditional model needs dict batches with the condition under {self.cond_key!r}")
+        if isinstance(self.cond_key, dict):
+            missing = [k for k in self.cond_key.values() if k not in batch]
+            y = {part: batch[k] for part, k in self.cond_key.items() if k in batch}
+        else:
+            missing = [] if self.cond_key in batch else [self.cond_key]
+            y = batch.get(self.cond_key)
+        if missing:
+            raise KeyError(
+                f"the batch has no {missing} (cond_key of this {self.conditioning_key!r} model); batch keys: "
+                f"{sorted(batch)}. Pass cond_key=<the dataset's field>, or keep it when caching latents "
+                "(encode_dataset(..., keys=[...]))"
+            )
+        c = self.get_learned_conditioning(y)
+        drop = self.training if drop is None else drop
+        if drop and self.cond_drop_prob > 0:
+            ref = _first_tensor(c)
+            if ref is None:
+                raise ValueError("cannot apply cond_drop_prob: the learned conditioning holds no tensor")
+            b = int(ref.shape[0])
+            dropped = torch.rand(b, device=self.device) < self.cond_drop_prob
+            c = self._drop(c, dropped)
+        return c
+
+    def _drop(self, c: Any, dropped: torch.Tensor) -> Any:
+        """Replace the conditioning of the samples where ``dropped`` (B,) is True by the unconditional one."""
+        b = dropped.shape[0]
+        parts = self._normalize(c)
+        u = self._normalize(self.get_unconditional_conditioning(b, like=c))
+        if "context_mask" in parts or "context_mask" in u:  # a missing mask means "every token is real"
+            for d in (parts, u):
+                if "context_mask" not in d and "c_crossattn" in d:
+                    ctx = d["c_crossattn"]
+                    d["context_mask"] = torch.ones(ctx.shape[:2], dtype=torch.bool, device=ctx.device)
+        out = dict(parts)
+        for k, uv in u.items():
+            cv = parts[k]
+            if uv.shape[1:] != cv.shape[1:]:
+                raise ValueError(
+                    f"the unconditional {k} has shape {tuple(uv.shape[1:])} per sample but the condition has "
+                    f"{tuple(cv.shape[1:])}; give the unconditional value the same form (e.g. pad token ids to "
+                    "the same length)"
+                )
+            m = dropped.to(cv.device).reshape(b, *([1] * (cv.ndim - 1)))
+            out[k] = torch.where(m, uv.to(cv.dtype), cv)
+        if not isinstance(c, dict) and set(out) == set(parts) and len(out) == 1:
+            return next(iter(out.values()))
+        return out
+
+    def p_losses(self, z0: torch.Tensor, cond: Any = None, t: torch.Tensor | None = None,
+                 noise: torch.Tensor | None = None, generator: torch.Generator | None = None):
+        """The LDM loss (Eq. 2 / Eq. 3) on scaled latents ``z0 (B, c, h, w)`` with learned conditioning
+        ``cond``; ``t`` / ``noise`` are drawn when omitted. Returns :func:`diffusion_loss`'s ``(loss, logs)``."""
+        return diffusion_loss(
+            lambda x, tt: self.apply_model(x, tt, cond), z0, self.schedule, t=t, noise=noise,
+            parameterization=self.parameterization, weighting=self.weighting, min_snr_gamma=self.min_snr_gamma,
+            loss_type=self.loss_type, generator=generator,
+        )
+
+    def training_step(self, batch, step: int = 0, optimizer_name: str = "ldm"):
+        """One step of the Trainer protocol: ``(loss, logs)``.
+
+        ``batch``: a dict with ``"image"`` ``(B, 3, H, W)`` in [-1, 1] or ``"latent"`` (pre-encoded by
+        :meth:`encode_dataset`, already scaled), plus the condition under ``cond_key``. Logs ``loss``,
+        ``loss_simple`` and the loss per timestep range ``loss_t/<lo>-<hi>`` (present when the batch
+        has a timestep in that range).
+        """
+        if optimizer_name != "ldm":
+            raise ValueError(f"unknown optimizer {optimizer_name!r}; LatentDiffusion has one optimiser, 'ldm'")
+        z = self.get_input(batch)
+        c = self.get_condition(batch)
+        loss, logs = self.p_losses(z, c)
+        out = {"loss": float(logs["loss"]), "loss_simple": float(logs["loss_simple"])}
+        if self.t_buckets:
+            T = self.schedule.num_timesteps
+            edges = [round(i * T / self.t_buckets) for i in range(self.t_buckets + 1)]
+            t, per = logs["t"], logs["loss_per_sample"]
+            for lo, hi in zip(edges[:-1], edges[1:]):
+                sel = (t >= lo) & (t < hi)
+                if bool(sel.any()):
+                    out[f"loss_t/{lo}-{hi - 1}"] = float(per[sel].mean())
+        return loss, out
+
+    # ------------------------------------------------------------------ latent caching
+    @torch.no_grad()
+    def encode_dataset(self, dataset, batch_size: int = 64, keys: Sequence[str] | None = None,
+                       progress: bool = True, num_workers: int = 0, collate_fn: Callable | None = None) -> "LatentDataset":
+        """Encode a whole dataset once: a :class:`LatentDataset` of scaled latents plus the fields ``keys``.
+
+        Training on it skips the encoder (``training_step`` takes ``"latent"`` batches). ``keys`` default:
+        the condition's batch key(s). With ``scale_by_std`` and no estimate yet, ``scale_factor`` is
+        estimated first, from the first ``batch_size`` images (in dataset order), so every cached latent
+        has the same scale. The latents are deterministic with ``posterior="mode"``; with ``"sample"``
+        each image keeps the one sample drawn here.
+        """
+        from tqdm.auto import tqdm
+
+        if keys is None:
+            if self.cond_key is None:
+                keys = ()
+            elif isinstance(self.cond_key, dict):
+                keys = tuple(self.cond_key.values())
+            else:
+                keys = (self.cond_key,)
+        keys = tuple(keys)
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                            collate_fn=collate_fn)
+        was_training = self.training
+        self.eval()
+        latents: list[torch.Tensor] = []
+        fields: dict[str, list] = {k: [] for k in keys}
+        try:
+            for batch in tqdm(loader, desc="encoding latents", disable=not progress, leave=False):
+                if not isinstance(batch, dict) or "image" not in batch:
+                    raise KeyError("encode_dataset needs samples that are dicts with an 'image'")
+                missing = [k for k in keys if k not in batch]
+                if missing:
+                    raise KeyError(f"the dataset's samples have no {missing}; their keys: {sorted(batch)}")
+                images = batch["image"].to(self.device)
+                if self.scale_by_std and not self.scale_estimated:
+                    self.estimate_scale_factor(images)
+                latents.append(self.encode_first_stage(images).cpu())
+                for k in keys:
+                    fields[k].append(batch[k])
+        finally:
+            self.train(was_training)
+        merged = {}
+        for k, parts in fields.items():
+            if parts and torch.is_tensor(parts[0]):
+                merged[k] = torch.cat(parts)
+            else:
+                merged[k] = [v for p in parts for v in p]
+        return LatentDataset(torch.cat(latents), merged, scale_factor=float(self.scale_factor),
+                             info={"posterior": self.posterior, "f": self.f})
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample(
+        self,
+        num_samples: int | None = None,
+        *,
+        shape: Sequence[int] | None = None,
+        cond: Any = None,
+        c: Any = None,
+        unconditional_conditioning: Any = None,
+        guidance_scale: float = 1.0,
+        sampler: str | Sampler = "ddim",
+        steps: int | None = 50,
+        eta: float = 0.0,
+        generator: torch.Generator | None = None,
+        mask: torch.Tensor | None = None,
+        x0: torch.Tensor | None = None,
+        x_T: torch.Tensor | None = None,
+        callback: Callable | None = None,
+        progress: bool = True,
+        return_latents: bool = False,
+        latent_size: int | tuple[int, int] | None = None,
+        **sampler_kwargs,
+    ):
+        """Generate images: sample latents with a sampler, then decode them. Returns ``(B, 3, H, W)`` in [-1, 1].
+
+        Conditioning, two ways (give at most one):
+
+        * ``cond``: the *raw* condition (labels, token ids, captions for a text encoder ...), passed
+          through :meth:`get_learned_conditioning`;
+        * ``c``: an *already learned* conditioning (the output of ``get_learned_conditioning``), e.g.
+          computed once and reused, or edited by hand.
+
+        A conditioning with batch size 1 is repeated to ``num_samples``. Without either, a conditional
+        model samples with its unconditional conditioning. ``guidance_scale != 1`` applies classifier-free
+        guidance against ``unconditional_conditioning`` (default :meth:`get_unconditional_conditioning`).
+
+        Size: ``shape = (B, c, h, w)`` of the latents, or ``num_samples`` with ``latent_size`` (default:
+        the training latent size). A larger ``latent_size`` samples beyond the training resolution (the
+        UNet is convolutional; Sec. 4.3.2). ``mask`` / ``x0``: keep a known region (1 = keep); ``x0`` may be
+        an image (it is encoded) or a latent, ``mask`` at the latent size or the image size (then a latent
+        position is kept only where all its f x f pixels are known). ``sampler``: a name (``"ddim"``,
+        ``"plms"``, ``"dpm"``, ``"ddpm"``) or a :class:`Sampler`; extra keyword arguments go to its constructor.
+
+        ``return_latents=True`` returns ``(images, latents)``.
+        """
+        if cond is not None and c is not None:
+            raise ValueError("give the raw condition (cond=...) or the learned one (c=...), not both")
+        if c is None and cond is not None:
+            c = self.get_learned_conditioning(cond)
+        if c is not None and self.conditioning_key is None:
+            raise ValueError("this model is unconditional (conditioning_key=None); sample without cond / c")
+        # ---- batch size and latent shape
+        if shape is not None:
+            shape = tuple(int(s) for s in shape)
+            if len(shape) != 4:
+                raise ValueError(f"shape must be the latent shape (B, c, h, w), got {shape}")
+            b = shape[0]
+            if num_samples is not None and num_samples != b:
+                raise ValueError(f"num_samples={num_samples} disagrees with shape[0]={b}")
+        else:
+            if num_samples is None:
+                ref = _first_tensor(c)
+                if ref is None:
+                    raise ValueError("pass num_samples (or shape=(B, c, h, w), or a batched condition)")
+                num_samples = int(ref.shape[0]) if ref.ndim else 1
+            b = int(num_samples)
+            size = latent_size if latent_size is not None else self.latent_size
+            if size is None:
+                raise ValueError("the latent size is unknown (no image_size and no training yet): pass latent_size=(h, w)")
+            h, w = self._pair(size)
+            shape = (b, self.latent_channels, h, w)
+        if c is not None:
+            c = _expand_batch(c, b)
+        elif self.conditioning_key is not None:
+            if self.conditioning_key == "adm" and self.unconditional_value is None:
+                raise ValueError("this class-conditional model has no null class: pass cond=<labels (B,)>")
+            c = self.get_unconditional_conditioning(b, latent_size=shape[-2:])
+            if guidance_scale != 1.0:
+                raise ValueError("guidance_scale != 1 needs a condition (cond=... or c=...) to guide towards")
+        uc = None
+        if guidance_scale != 1.0 and self.conditioning_key is not None:
+            uc = unconditional_conditioning
+            if uc is None:
+                uc = self.get_unconditional_conditioning(b, like=c, latent_size=shape[-2:])
+            uc = _expand_batch(uc, b)
+        # ---- a known region (inpainting / keeping x0)
+        if x0 is not None:
+            x0 = x0.to(self.device).float()
+            if self.first_stage is not None and x0.shape[-2:] != shape[-2:]:
+                x0 = self.encode_first_stage(x0)
+        if mask is not None:
+            mask = mask.to(self.device).float()
+            if mask.shape[-2:] != shape[-2:]:
+                if mask.shape[-2] != shape[-2] * self.f or mask.shape[-1] != shape[-1] * self.f:
+                    raise ValueError(f"mask of size {tuple(mask.shape[-2:])} matches neither the latent "
+                                     f"{shape[-2:]} nor the image size")
+                mask = -F.max_pool2d(-mask, self.f)  # min-pool: keep only fully known latent positions
+        # ---- sample
+        if isinstance(sampler, str):
+            sampler_kwargs.setdefault("clip_denoised", self.first_stage is None and float(self.scale_factor) == 1.0)
+            sampler = make_sampler(sampler, self.schedule, self.parameterization, **sampler_kwargs)
+        elif sampler_kwargs:
+            raise ValueError(f"sampler options {sorted(sampler_kwargs)} only apply when sampler is a name")
+        was_training = self.training
+        self.eval()
+        try:
+            z = sampler.sample(
+                lambda x, t, cc: self.apply_model(x, t, cc), shape, steps, conditioning=c,
+                unconditional_conditioning=uc, guidance_scale=guidance_scale, eta=eta, x_T=x_T, mask=mask, x0=x0,
+                generator=generator, callback=callback, progress=progress, device=self.device,
+            )
+            images = self.decode_first_stage(z).clamp(-1.0, 1.0)
+        finally:
+            self.train(was_training)
+        return (images, z) if return_latents else images
+
+    # ------------------------------------------------------------------ export
+    def export_module(self) -> nn.Module:
+        """A module holding what an exported checkpoint stores: ``unet``, a trainable ``cond_stage`` and
+        ``scale_factor`` (pass it to :func:`ldm_lite.pretrained.save_pretrained`)."""
+        cs = self.cond_stage if (self.cond_stage is not None and self.cond_stage_trainable) else None
+        return _ExportedWeights(self.unet, cs, self.scale_factor)
+
+    def load_exported(self, state_dict: dict[str, torch.Tensor]) -> "LatentDiffusion":
+        """Load weights written from :meth:`export_module`: ``unet.*``, ``cond_stage.*``, ``scale_factor``.
+
+        (Exports are float16, which rounds ``scale_factor``; :func:`ldm_lite.pretrained.load_ldm` then
+        sets the exact value recorded in the manifest.)
+        """
+        unet_sd = {k[len("unet."):]: v for k, v in state_dict.items() if k.startswith("unet.")}
+        cs_sd = {k[len("cond_stage."):]: v for k, v in state_dict.items() if k.startswith("cond_stage.")}
+        other = set(state_dict) - {f"unet.{k}" for k in unet_sd} - {f"cond_stage.{k}" for k in cs_sd} - {"scale_factor"}
+        if other:
+            raise KeyError(f"unexpected keys in an exported LDM state dict: {sorted(other)[:8]}")
+        self.unet.load_state_dict(unet_sd)
+        if cs_sd:
+            if self.cond_stage is None:
+                raise KeyError("the weights include a cond stage, but this model has cond_stage=None")
+            self.cond_stage.load_state_dict(cs_sd)
+        if "scale_factor" in state_dict:
+            with torch.no_grad():
+                self.scale_factor.copy_(state_dict["scale_factor"].float())
+        return self
+
+    def extra_repr(self) -> str:
+        return (f"conditioning_key={self.conditioning_key!r}, parameterization={self.parameterization!r}, "
+                f"f={self.f}, scale_factor={float(self.scale_factor):.5g}, cond_drop_prob={self.cond_drop_prob}")
+
+
+class LatentDataset(Dataset):
+    """Pre-encoded, already scaled latents plus the conditioning fields of the images they came from.
+
+    ``dataset[i] == {"latent": (c, h, w), **{key: value_i}}``. Made by :meth:`LatentDiffusion.encode_dataset`;
+    ``scale_factor`` records the scale the latents carry (a model must use the same one).
+    """
+
+    def __init__(self, latents: torch.Tensor, fields: dict[str, Any] | None = None, scale_factor: float = 1.0,
+                 info: dict | None = None):
+        self.latents = latents
+        self.fields = dict(fields or {})
+        for k, v in self.fields.items():
+            if len(v) != len(latents):
+                raise ValueError(f"field {k!r} has {len(v)} entries for {len(latents)} latents")
+        self.scale_factor = float(scale_factor)
+        self.info = dict(info or {})
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    def __getitem__(self, index: int) -> dict:
+        item = {"latent": self.latents[index]}
+        for k, v in self.fields.items():
+            item[k] = v[index]
+        return item
+
+    def __repr__(self) -> str:
+        return (f"LatentDataset(n={len(self)}, latent={tuple(self.latents.shape[1:])}, fields={list(self.fields)}, "
+                f"scale_factor={self.scale_factor:.5g})")
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``<path>.safetensors`` (tensors) + ``<path>.json`` (scale, info, non-tensor fields), atomically."""
+        from ldm_lite.pretrained import _atomic_write
+        from safetensors.torch import save_file
+
+        base = Path(path).with_suffix("")
+        tensors = {"latent": self.latents.contiguous()}
+        other = {}
+        for k, v in self.fields.items():
+            if torch.is_tensor(v):
+                tensors[f"field.{k}"] = v.contiguous()
+            else:
+                other[k] = list(v)
+        _atomic_write(base.with_suffix(".safetensors"), lambda tmp: save_file(tensors, tmp))
+        meta = {"scale_factor": self.scale_factor, "info": self.info, "fields": other}
+        _atomic_write(base.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta)))
+        return base.with_suffix(".safetensors")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "LatentDataset":
+        from safetensors.torch import load_file
+
+        base = Path(path).with_suffix("")
+        tensors = load_file(str(base.with_suffix(".safetensors")))
+        meta = json.loads(base.with_suffix(".json").read_text())
+        fields = {k[len("field."):]: v for k, v in tensors.items() if k.startswith("field.")}
+        fields.update(meta.get("fields", {}))
+        return cls(tensors["latent"], fields, scale_factor=meta["scale_factor"], info=meta.get("info"))
