@@ -33,6 +33,7 @@ def _add_train_ae(sub) -> None:
     p.add_argument("--z-channels", type=int, default=d.z_channels)
     p.add_argument("--n-embed", type=int, default=d.n_embed, help="VQ codebook size")
     p.add_argument("--crop", type=int, default=None, help="train on random crops of this size (faster)")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
@@ -63,7 +64,7 @@ def _run_train_ae(args) -> dict:
         num_res_blocks=args.num_res_blocks, z_channels=args.z_channels, n_embed=args.n_embed, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, kl_weight=args.kl_weight, perceptual_weight=args.perceptual_weight,
         perceptual=args.perceptual, disc_start=args.disc_start, disc_weight=args.disc_weight,
-        ema_decay=args.ema_decay, seed=args.seed, crop=args.crop,
+        ema_decay=args.ema_decay, seed=args.seed, crop=args.crop, lr_schedule=args.lr_schedule,
     )
     result = train_autoencoder(recipe, out_dir=args.out, ckpt_every=args.ckpt_every, resume=args.resume,
                                export=args.export, eval_every=args.eval_every, command="ldm-lite " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
@@ -96,6 +97,7 @@ def _add_train_ldm(sub) -> None:
     p.add_argument("--scale-factor", type=float, default=d.scale_factor)
     p.add_argument("--cond-drop-prob", type=float, default=d.cond_drop_prob)
     p.add_argument("--crop", type=int, default=None, help="train on random crops of this size (faster)")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)

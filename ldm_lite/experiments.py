@@ -107,6 +107,7 @@ class AERecipe:
     seed: int = 0
     eval_images: int = 256
     crop: int | None = None  # train on random crops of this size (evaluation always uses whole images)
+    lr_schedule: str = "constant"  # or "cosine" (to 0.1 x lr at the last step)
 
     def autoencoder_config(self) -> AutoencoderConfig:
         return AutoencoderConfig(f=self.f, ch=self.ch, ch_mult=self.ch_mult, num_res_blocks=self.num_res_blocks,
@@ -162,7 +163,7 @@ def train_autoencoder(recipe: AERecipe, out_dir: str | None = None, ckpt_every: 
     module = AutoencoderModule(autoencoder, loss, lr=recipe.lr)
     cfg = TrainConfig(max_steps=recipe.steps, batch_size=recipe.batch_size, seed=recipe.seed,
                       ema_decay=recipe.ema_decay, out_dir=out_dir, ckpt_every=ckpt_every, progress=progress,
-                      find_unused_parameters=recipe.disc_start < recipe.steps)
+                      find_unused_parameters=recipe.disc_start < recipe.steps, lr_schedule=recipe.lr_schedule)
     callbacks = list(callbacks)
     if eval_every:
         callbacks.append(_eval_callback(autoencoder, test_images[:64], eval_every))

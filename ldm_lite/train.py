@@ -157,6 +157,8 @@ class TrainConfig:
     ``ema_decay``: e.g. 0.9999; the EMA copies the weights for the first ``ema_start`` steps and
     then follows ``ema = decay * ema + (1 - decay) * weights`` after every step.
     ``lr_warmup_steps``: linear warm-up of every optimiser's learning rate from ``lr / n`` to ``lr``.
+    ``lr_schedule``: ``"constant"`` or ``"cosine"`` (decay from ``lr`` at step 0 to ``lr_min_ratio * lr``
+    at ``max_steps``; a pure function of the step, so it may also be switched on when resuming).
     ``ckpt_every`` needs ``out_dir``; with ``out_dir`` alone a checkpoint is written at the end.
     ``batch_size`` is per rank under DDP (see the module docstring).
     """
@@ -176,6 +178,8 @@ class TrainConfig:
     progress: bool = True
     drop_last: bool = True
     lr_warmup_steps: int = 0
+    lr_schedule: str = "constant"
+    lr_min_ratio: float = 0.1
     device: str | None = None  # None: ldm_lite.config.device() (cuda:LOCAL_RANK under DDP)
     ddp: bool = False  # force DDP (torchrun's WORLD_SIZE > 1 turns it on by itself)
     find_unused_parameters: bool = False  # DDP: True for the GAN (see module docstring)
@@ -196,6 +200,8 @@ class TrainConfig:
         need(self.keep_last >= 1, f"keep_last must be >= 1, got {self.keep_last!r}")
         need(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers!r}")
         need(self.lr_warmup_steps >= 0, f"lr_warmup_steps must be >= 0, got {self.lr_warmup_steps!r}")
+        need(self.lr_schedule in ("constant", "cosine"), f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        need(0.0 <= self.lr_min_ratio <= 1.0, f"lr_min_ratio must be in [0, 1], got {self.lr_min_ratio!r}")
         need(self.ckpt_every is None or self.ckpt_every >= 1, f"ckpt_every must be >= 1 or None, got {self.ckpt_every!r}")
         need(
             self.ckpt_every is None or self.out_dir is not None,
@@ -810,8 +816,11 @@ class Trainer:
     def _train_step(self, batch, s: int) -> dict[str, float]:
         cfg = self.config
         logs: dict[str, float] = {}
-        if cfg.lr_warmup_steps:
-            factor = min(1.0, (s + 1) / cfg.lr_warmup_steps)
+        if cfg.lr_warmup_steps or cfg.lr_schedule != "constant":
+            factor = min(1.0, (s + 1) / cfg.lr_warmup_steps) if cfg.lr_warmup_steps else 1.0
+            if cfg.lr_schedule == "cosine":
+                progress = min(1.0, s / max(1, cfg.max_steps))
+                factor *= cfg.lr_min_ratio + (1 - cfg.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
             for opt in self.optimizers.values():
                 for group in opt.param_groups:
                     group.setdefault("initial_lr", group["lr"])

@@ -369,6 +369,21 @@ def test_lr_warmup_is_linear():
     assert [h["lr/gen"] for h in hist] == pytest.approx([2.5e-3, 5e-3, 7.5e-3, 1e-2, 1e-2])
 
 
+def test_cosine_lr_schedule_closed_form(tmp_path):
+    import math
+
+    _, hist = run(max_steps=6, lr_warmup_steps=0, lr_schedule="cosine", lr_min_ratio=0.2)
+    expected = [1e-2 * (0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi * s / 6))) for s in range(6)]
+    assert [h["lr/gen"] for h in hist] == pytest.approx(expected)
+    # a pure function of the step: switching it on when resuming continues the same curve
+    run(out_dir=str(tmp_path), max_steps=3, lr_warmup_steps=0)
+    _, resumed = run(out_dir=str(tmp_path), max_steps=6, lr_warmup_steps=0, lr_schedule="cosine", lr_min_ratio=0.2,
+                     resume=True)
+    assert [h["lr/gen"] for h in resumed][-3:] == pytest.approx(expected[3:])
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(max_steps=1, batch_size=1, lr_schedule="linear")
+
+
 def test_progress_bar_shows_loss_and_can_be_disabled(monkeypatch):
     bars = []
 
