@@ -16,8 +16,9 @@ import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-# DESIGN.md: every notebook runs in <= 90 s on 2 CPU cores at smoke scale. Give CI machines some slack.
-BUDGET_S = float(os.environ.get("LDM_NOTEBOOK_BUDGET_S", "150"))
+# DESIGN.md: every notebook runs in <= 90 s on 2 CPU cores at smoke scale. The assertion leaves room for a
+# slower or busier CI machine; it catches a notebook that accidentally runs at a larger scale.
+BUDGET_S = float(os.environ.get("LDM_NOTEBOOK_BUDGET_S", "300"))
 
 
 def test_there_are_notebooks():
