@@ -20,12 +20,7 @@ from ldm_lite.unet import UNetModel
 CTX = 24  # context width of the toy text encoder
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_ae(seed: int = 0, vq: bool = False):

@@ -34,13 +34,7 @@ SHAPE = (2, 3, 8, 8)
 ALL = [DDPMSampler, DDIMSampler, PLMSSampler, DPMSolverSampler]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster than two fighting over busy cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -123,13 +123,7 @@ def losses(hist, first=1, last=10):
     return [(h["step"], tuple(h.get(k) for k in keys)) for h in hist if first <= h["step"] <= last]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The models are tiny: one intra-op thread is faster than two fighting over 2 busy cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

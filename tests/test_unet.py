@@ -29,14 +29,7 @@ from ldm_lite.unet import (
 diffusers = pytest.importorskip("diffusers")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The models here are tiny: with several threads OpenMP synchronisation costs more than the maths
-    (and on a busy 2-core machine 3x the wall time), so run this module single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_unet(**kw) -> UNetModel:
