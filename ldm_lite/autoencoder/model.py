@@ -269,40 +269,23 @@ def _coder_kwargs(cfg: AutoencoderConfig) -> dict:
                 dropout=cfg.dropout, use_mid_attn=cfg.use_mid_attn)
 
 
-class AutoencoderKL(nn.Module):
-    """KL-regularised autoencoder: ``encode`` -> DiagonalGaussianDistribution, ``decode`` -> image.
+class _FirstStage(nn.Module):
+    """What AutoencoderKL and VQModel share: the config, the factor f, latent shapes and the GAN's layer."""
 
-    ``quant_conv`` (1x1) maps the encoder's moments to 2*embed_dim channels, ``post_quant_conv`` maps
-    the latent back to the decoder's z_channels (names as in the LDM code).
-    """
+    reg: str
 
-    def __init__(self, config: AutoencoderConfig | None = None, **kwargs):
+    def __init__(self, config: AutoencoderConfig | None, kwargs: dict):
         super().__init__()
-        cfg = config or AutoencoderConfig(**{"reg": "kl", **kwargs})
-        if cfg.reg != "kl":
-            raise ValueError("AutoencoderKL needs reg='kl'; use VQModel for reg='vq'")
+        cfg = config or AutoencoderConfig(**{"reg": self.reg, **kwargs})
+        if cfg.reg != self.reg:
+            other = "VQModel" if cfg.reg == "vq" else "AutoencoderKL"
+            raise ValueError(f"{type(self).__name__} needs reg={self.reg!r}; use {other} for reg={cfg.reg!r}")
         self.config = cfg
         self.f, self.embed_dim = cfg.f, cfg.embed_dim
-        self.encoder = Encoder(in_channels=cfg.in_channels, double_z=True, **_coder_kwargs(cfg))
-        self.decoder = Decoder(out_ch=cfg.in_channels, **_coder_kwargs(cfg))
-        self.quant_conv = nn.Conv2d(2 * cfg.z_channels, 2 * cfg.embed_dim, 1)
-        self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
 
-    def encode(self, x: torch.Tensor) -> DiagonalGaussianDistribution:
-        """x (B, 3, H, W) in [-1, 1] -> q(z|x) over z of shape (B, embed_dim, H/f, W/f)."""
-        return DiagonalGaussianDistribution(self.quant_conv(self.encoder(x)))
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """z (B, embed_dim, h, w) -> x_hat (B, 3, h*f, w*f)."""
+    def _check_latent(self, z: torch.Tensor) -> None:
         if z.dim() != 4 or z.shape[1] != self.embed_dim:
             raise ValueError(f"expected latents of shape (B, {self.embed_dim}, h, w), got {tuple(z.shape)}")
-        return self.decoder(self.post_quant_conv(z))
-
-    def forward(self, x: torch.Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None):
-        """Returns (x_hat, posterior). Training samples z ~ q(z|x); evaluation uses the mean."""
-        posterior = self.encode(x)
-        z = posterior.sample(generator) if sample_posterior else posterior.mode()
-        return self.decode(z), posterior
 
     def get_last_layer(self) -> torch.Tensor:
         """The decoder's last conv weight: the adaptive GAN weight compares gradients there (App. G)."""
@@ -316,16 +299,48 @@ class AutoencoderKL(nn.Module):
         return (self.embed_dim, H // self.f, W // self.f)
 
 
-class VQModel(nn.Module):
-    """VQ-regularised autoencoder: encoder -> quant_conv -> VectorQuantizer -> post_quant_conv -> decoder."""
+class AutoencoderKL(_FirstStage):
+    """KL-regularised autoencoder: ``encode`` -> DiagonalGaussianDistribution, ``decode`` -> image.
+
+    ``quant_conv`` (1x1) maps the encoder's moments to 2*embed_dim channels, ``post_quant_conv`` maps
+    the latent back to the decoder's z_channels (names as in the LDM code).
+    """
+
+    reg = "kl"
 
     def __init__(self, config: AutoencoderConfig | None = None, **kwargs):
-        super().__init__()
-        cfg = config or AutoencoderConfig(**{"reg": "vq", **kwargs})
-        if cfg.reg != "vq":
-            raise ValueError("VQModel needs reg='vq'; use AutoencoderKL for reg='kl'")
-        self.config = cfg
-        self.f, self.embed_dim = cfg.f, cfg.embed_dim
+        super().__init__(config, kwargs)
+        cfg = self.config
+        self.encoder = Encoder(in_channels=cfg.in_channels, double_z=True, **_coder_kwargs(cfg))
+        self.decoder = Decoder(out_ch=cfg.in_channels, **_coder_kwargs(cfg))
+        self.quant_conv = nn.Conv2d(2 * cfg.z_channels, 2 * cfg.embed_dim, 1)
+        self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
+
+    def encode(self, x: torch.Tensor) -> DiagonalGaussianDistribution:
+        """x (B, 3, H, W) in [-1, 1] -> q(z|x) over z of shape (B, embed_dim, H/f, W/f)."""
+        return DiagonalGaussianDistribution(self.quant_conv(self.encoder(x)))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, embed_dim, h, w) -> x_hat (B, 3, h*f, w*f)."""
+        self._check_latent(z)
+        return self.decoder(self.post_quant_conv(z))
+
+    def forward(self, x: torch.Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None):
+        """Returns (x_hat, posterior). Training samples z ~ q(z|x); evaluation uses the mean."""
+        posterior = self.encode(x)
+        z = posterior.sample(generator) if sample_posterior else posterior.mode()
+        return self.decode(z), posterior
+
+
+
+class VQModel(_FirstStage):
+    """VQ-regularised autoencoder: encoder -> quant_conv -> VectorQuantizer -> post_quant_conv -> decoder."""
+
+    reg = "vq"
+
+    def __init__(self, config: AutoencoderConfig | None = None, **kwargs):
+        super().__init__(config, kwargs)
+        cfg = self.config
         self.encoder = Encoder(in_channels=cfg.in_channels, double_z=False, **_coder_kwargs(cfg))
         self.decoder = Decoder(out_ch=cfg.in_channels, **_coder_kwargs(cfg))
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.embed_dim, 1)
@@ -345,8 +360,7 @@ class VQModel(nn.Module):
     def decode(self, z: torch.Tensor, force_quantize: bool = True) -> torch.Tensor:
         """Decode a latent; by default it is quantised first, so a diffusion model's continuous output is
         snapped to the codebook as in the LDM code."""
-        if z.dim() != 4 or z.shape[1] != self.embed_dim:
-            raise ValueError(f"expected latents of shape (B, {self.embed_dim}, h, w), got {tuple(z.shape)}")
+        self._check_latent(z)
         if force_quantize:
             z, _, _ = self.quantize(z)
         return self.decoder(self.post_quant_conv(z))
@@ -355,15 +369,6 @@ class VQModel(nn.Module):
         """Returns (x_hat, vq_loss, info)."""
         z_q, loss, info = self.encode(x)
         return self.decoder(self.post_quant_conv(z_q)), loss, info
-
-    def get_last_layer(self) -> torch.Tensor:
-        return self.decoder.conv_out.weight
-
-    def latent_shape(self, size: int | tuple[int, int]) -> tuple[int, int, int]:
-        H, W = (size, size) if isinstance(size, int) else size
-        if H % self.f or W % self.f:
-            raise ValueError(f"size {H}x{W} is not divisible by f={self.f}")
-        return (self.embed_dim, H // self.f, W // self.f)
 
 
 def build_autoencoder(config: AutoencoderConfig) -> AutoencoderKL | VQModel:
