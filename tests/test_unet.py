@@ -199,6 +199,7 @@ CONFIGS = {
     "3-levels-linear-depth2": dict(channel_mult=(1, 2, 2), attention_resolutions=(1, 4), transformer_depth=2,
                                    use_linear_in_transformer=True, num_res_blocks=2),
     "1-level": dict(channel_mult=(1,), attention_resolutions=(1,)),
+    "wider-first-level": dict(channel_mult=(2, 4), attention_resolutions=(2,)),  # channel_mult[0] != 1
 }
 
 
@@ -393,6 +394,12 @@ def to_diffusers_state_dict(unet: UNetModel) -> dict[str, torch.Tensor]:
             rest = "conv." + rest[3:]
         out[f"{prefix[pre]}.{rest}"] = value
     return out
+
+
+def test_diffusers_equivalent_refuses_a_wider_first_level():
+    unet = small_unet(channel_mult=(2, 4), attention_resolutions=(2,), context_dim=None)
+    with pytest.raises(ValueError, match=r"channel_mult\[0\] = 2.*raise model_channels"):
+        diffusers_equivalent(unet.config)
 
 
 @pytest.mark.parametrize("kind", ["crossattn-class-mask", "adm-updown-scaleshift", "uncond-transformer"])

@@ -224,7 +224,7 @@ class UNetModel(nn.Module):
         self.out = nn.Sequential(
             normalization(ch, norm_num_groups),
             nn.SiLU(),
-            zero_module(nn.Conv2d(model_channels, out_channels, 3, padding=1)),
+            zero_module(nn.Conv2d(ch, out_channels, 3, padding=1)),
         )
 
     # ------------------------------------------------------------------------------------------
@@ -420,6 +420,12 @@ def diffusers_equivalent(config: UNetConfig) -> tuple[str, dict]:
     cfg = config
     if not cfg.conv_resample:
         raise ValueError("diffusers' UNets have no conv_resample=False option")
+    if cfg.channel_mult[0] != 1:
+        raise ValueError(
+            f"channel_mult[0] = {cfg.channel_mult[0]}: diffusers' UNets widen the stem (conv_in, time embedding) "
+            "to block_out_channels[0], LDM's widens inside the first ResBlock, so the weights do not map; use "
+            "channel_mult starting with 1 and raise model_channels instead"
+        )
     chans = [cfg.model_channels * m for m in cfg.channel_mult]
     attn = [2 ** level in cfg.attention_resolutions for level in range(len(chans))]
     common = dict(
