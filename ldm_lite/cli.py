@@ -96,7 +96,6 @@ def _add_train_ldm(sub) -> None:
     p.add_argument("--no-scale-by-std", action="store_true", help="keep scale_factor (default: estimate 1/std)")
     p.add_argument("--scale-factor", type=float, default=d.scale_factor)
     p.add_argument("--cond-drop-prob", type=float, default=d.cond_drop_prob)
-    p.add_argument("--crop", type=int, default=None, help="train on random crops of this size (faster)")
     p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -127,7 +126,7 @@ def _run_train_ldm(args) -> dict:
         parameterization=args.parameterization, weighting=None if args.weighting == "none" else args.weighting,
         scale_by_std=not args.no_scale_by_std, scale_factor=args.scale_factor, cond_drop_prob=args.cond_drop_prob,
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, lr_warmup_steps=args.lr_warmup_steps,
-        ema_decay=args.ema_decay or None, seed=args.seed,
+        lr_schedule=args.lr_schedule, ema_decay=args.ema_decay or None, seed=args.seed,
     )
     result = train_ldm(recipe, out_dir=args.out, ckpt_every=args.ckpt_every, resume=args.resume, export=args.export,
                        cache_latents=not args.no_cache,

@@ -254,6 +254,7 @@ class LDMRecipe:
     batch_size: int = 32
     lr: float = 2e-4
     lr_warmup_steps: int = 100
+    lr_schedule: str = "constant"  # or "cosine" (to 0.1 x lr at the last step)
     ema_decay: float | None = 0.999
     seed: int = 0
     eval_images: int = 64
@@ -429,7 +430,7 @@ def train_ldm(recipe: LDMRecipe, first_stage=None, out_dir: str | None = None, c
         encode_time = time.perf_counter() - t0
     cfg = TrainConfig(max_steps=recipe.steps, batch_size=recipe.batch_size, seed=recipe.seed,
                       ema_decay=recipe.ema_decay, out_dir=out_dir, ckpt_every=ckpt_every, progress=progress,
-                      lr_warmup_steps=recipe.lr_warmup_steps)
+                      lr_warmup_steps=recipe.lr_warmup_steps, lr_schedule=recipe.lr_schedule)
     trainer = Trainer(model, data, cfg, callbacks=list(callbacks))
     t0 = time.perf_counter()
     history = trainer.fit(resume=resume)

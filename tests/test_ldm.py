@@ -363,10 +363,13 @@ def test_recipe_errors_name_the_fix():
 
 def test_cli_train_ldm_and_sample(tmp_path, capsys):
     cli.main(["train-ldm", "--data", "shapes", "--size", "16", "--first-stage", "pixel", "--train-images", "8",
-              "--model-channels", "32", "--channel-mult", "1,2", "--attention-resolutions", "2", "--steps", "1",
-              "--batch-size", "4", "--lr-warmup-steps", "0", "--export", str(tmp_path / "cli_ldm")])
+              "--model-channels", "32", "--channel-mult", "1,2", "--attention-resolutions", "2", "--steps", "3",
+              "--batch-size", "4", "--lr-warmup-steps", "0", "--lr", "1e-3", "--lr-schedule", "cosine",
+              "--export", str(tmp_path / "cli_ldm")])
     assert '"val_loss"' in capsys.readouterr().out
     man = json.loads((tmp_path / "cli_ldm.json").read_text())
+    assert man["recipe"]["lr_schedule"] == "cosine"  # the flag reaches the Trainer ...
+    assert man["final_train_logs"]["lr/ldm"] < 1e-3  # ... and the learning rate has decayed
     assert man["first_stage"] == "pixel" and man["ldm"]["scale_factor"] == 1.0
     assert man["command"].startswith("ldm-lite train-ldm")
     png = tmp_path / "grid.png"
