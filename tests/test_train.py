@@ -290,7 +290,7 @@ def test_sigint_is_deferred_to_the_end_of_the_step(reference, tmp_path):
 def test_ema_update_rule_and_swap():
     d = 0.9
     m = make_module(noise=False, dropout=0.0)
-    t = Trainer(m, make_dataset(), cfg(max_steps=1, ema_decay=d, lr_warmup_steps=0))
+    t = Trainer(m, make_dataset(), cfg(max_steps=1, ema_decay=d, ema_warmup=False, lr_warmup_steps=0))
     old = {n: p.detach().clone() for n, p in m.named_parameters()}
     t.fit()
     new = {n: p.detach().clone() for n, p in m.named_parameters()}
@@ -315,6 +315,24 @@ def test_ema_update_rule_and_swap():
     assert set(t2.ema_state) == {n for n, _ in m2.net.named_parameters()}
     for n, p in m2.net.named_parameters():
         assert torch.equal(t2.ema_state[n], p)
+
+
+def test_ema_warmup_follows_litema():
+    """With ema_warmup the n-th update uses min(decay, (1 + n) / (10 + n)) (CompVis LitEma)."""
+    d = 0.9
+    m = make_module(noise=False, dropout=0.0)
+    t = Trainer(m, make_dataset(), cfg(max_steps=2, ema_decay=d, lr_warmup_steps=0))
+    assert t.config.ema_warmup  # the default
+    snaps = [{n: p.detach().clone() for n, p in m.named_parameters()}]
+
+    t.callbacks.append(lambda trainer, logs: snaps.append({n: p.detach().clone() for n, p in m.named_parameters()}))
+    t.fit()
+    expected = dict(snaps[0])
+    for k, w in enumerate(snaps[1:], start=1):
+        dk = min(d, (1 + k) / (10 + k))  # 2/11, then 3/12: both below 0.9
+        expected = {n: dk * expected[n] + (1 - dk) * w[n] for n in w}
+    for n in expected:
+        torch.testing.assert_close(t.ema_state[n], expected[n])
 
 
 def test_gradient_clipping_uses_global_norm_and_logs_it():
