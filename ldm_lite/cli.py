@@ -18,6 +18,16 @@ def _tuple(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(","))
 
 
+def _add_run_args(p, seed: int) -> None:
+    """The options every training command shares: seed, run folder, checkpoints, export, threads."""
+    p.add_argument("--seed", type=int, default=seed)
+    p.add_argument("--out", default=None, help="run folder for checkpoints (resume with --resume)")
+    p.add_argument("--ckpt-every", type=int, default=None)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--export", default=None, help="name under data/pretrained/ or a path for the final weights")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
 def _add_train_ae(sub) -> None:
     from ldm_lite.experiments import AERecipe
 
@@ -43,13 +53,8 @@ def _add_train_ae(sub) -> None:
     p.add_argument("--disc-start", type=int, default=d.disc_start, help="step at which the PatchGAN starts")
     p.add_argument("--disc-weight", type=float, default=d.disc_weight)
     p.add_argument("--ema-decay", type=float, default=None)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--out", default=None, help="run folder for checkpoints (resume with --resume)")
-    p.add_argument("--ckpt-every", type=int, default=None)
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--export", default=None, help="name under data/pretrained/ or a path for the final weights")
     p.add_argument("--eval-every", type=int, default=None, help="report held-out PSNR/SSIM every N steps")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    _add_run_args(p, d.seed)
 
 
 def _run_train_ae(args) -> dict:
@@ -103,12 +108,7 @@ def _add_train_ldm(sub) -> None:
     p.add_argument("--lr-warmup-steps", type=int, default=d.lr_warmup_steps)
     p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="0 turns the EMA off")
     p.add_argument("--no-cache", action="store_true", help="encode every batch instead of caching latents once")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--out", default=None, help="run folder for checkpoints (resume with --resume)")
-    p.add_argument("--ckpt-every", type=int, default=None)
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--export", default=None, help="name under data/pretrained/ or a path for the final weights")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    _add_run_args(p, d.seed)
 
 
 def _run_train_ldm(args) -> dict:

@@ -71,6 +71,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ldm_lite.autoencoder.model import check_image_size
 from ldm_lite.diffusion.samplers import Sampler, make_sampler
 from ldm_lite.diffusion.schedule import PARAMETERIZATIONS, NoiseSchedule, diffusion_loss
 from ldm_lite.unet.model import UNetModel
@@ -454,12 +455,7 @@ class LatentDiffusion(nn.Module):
         c_in = getattr(cfg, "in_channels", None)
         if c_in is not None and x.shape[1] != c_in:
             raise ValueError(f"the autoencoder takes {c_in}-channel images, got {tuple(x.shape)}")
-        h, w = x.shape[-2:]
-        if h % self.f or w % self.f:
-            raise ValueError(
-                f"image size {h}x{w} is not divisible by the autoencoder's downsampling factor f={self.f}; "
-                f"resize or crop to a multiple of {self.f} (e.g. {max(self.f, h // self.f * self.f)})"
-            )
+        check_image_size(*x.shape[-2:], self.f, what="the autoencoder's downsampling factor")
         with torch.no_grad():
             if hasattr(self.first_stage, "encode_pre_quant"):  # VQ: the continuous latent, quantised in decode
                 z = self.first_stage.encode_pre_quant(x)

@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ldm_lite.notices import announce_once
+
 logger = logging.getLogger(__name__)
 
 
@@ -517,9 +519,6 @@ _ANNOUNCED: set[str] = set()
 def _announce(extractor: FeatureExtractor) -> None:
     """Say once per process which features the sample-quality metrics use (never silently)."""
     name = extractor.name
-    if name in _ANNOUNCED:
-        return
-    _ANNOUNCED.add(name)
     msg = f"ldm_lite sample-quality features: {name}"
     if extractor.is_substitute:
         if isinstance(extractor, RandomVGGFeatureExtractor):
@@ -530,10 +529,7 @@ def _announce(extractor: FeatureExtractor) -> None:
             " Numbers on these features compare only with numbers on the same features and sample counts, "
             "never with published FIDs."
         )
-        warnings.warn(msg, FeatureSubstituteWarning, stacklevel=3)
-    else:
-        print(msg)
-    logger.info(msg)
+    announce_once(_ANNOUNCED, name, msg, extractor.is_substitute, FeatureSubstituteWarning, logger)
 
 
 def get_feature_extractor(kind: str = "auto", classifier: Any = None, announce: bool = True,

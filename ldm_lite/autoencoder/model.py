@@ -23,6 +23,15 @@ from ldm_lite.autoencoder.regularizers import DiagonalGaussianDistribution, Vect
 VALID_FACTORS = (1, 2, 4, 8, 16, 32)
 
 
+def check_image_size(h: int, w: int, f: int, what: str = "the downsampling factor") -> None:
+    """Raise a ``ValueError`` that says how to fix it unless ``h`` and ``w`` are multiples of ``f``."""
+    if h % f or w % f:
+        raise ValueError(
+            f"image size {h}x{w} is not divisible by {what} f={f}; resize or crop to a multiple of {f} "
+            f"(e.g. {max(f, h // f * f)})"
+        )
+
+
 def Normalize(channels: int) -> nn.GroupNorm:
     """GroupNorm with 32 groups as in LDM (fewer when the channel count is small or not divisible)."""
     return nn.GroupNorm(num_groups=math.gcd(32, channels), num_channels=channels, eps=1e-6, affine=True)
@@ -158,12 +167,7 @@ class Encoder(nn.Module):
     def forward(self, x):
         if x.dim() != 4:
             raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(x.shape)}")
-        H, W = x.shape[-2:]
-        if H % self.f or W % self.f:
-            raise ValueError(
-                f"image size {H}x{W} is not divisible by the downsampling factor f={self.f}; "
-                f"resize or crop to a multiple of {self.f}"
-            )
+        check_image_size(*x.shape[-2:], self.f)
         h = self.conv_in(x)
         for i, level in enumerate(self.down):
             for block in level.block:

@@ -69,6 +69,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ldm_lite.notices import announce_once
+
 __all__ = [
     "KINDS",
     "PerceptualLoss",
@@ -254,9 +256,6 @@ _ANNOUNCED: set[str] = set()
 
 def _announce(name: str, substitute: bool) -> None:
     """Say once per process which perceptual distance is in use (never silently)."""
-    if name in _ANNOUNCED:
-        return
-    _ANNOUNCED.add(name)
     msg = f"ldm_lite perceptual loss: {name}"
     if substitute:
         msg += (
@@ -265,10 +264,7 @@ def _announce(name: str, substitute: bool) -> None:
             "machine with internet, or copy the file there); numbers from this substitute are not "
             "comparable with published LPIPS values."
         )
-        warnings.warn(msg, PerceptualSubstituteWarning, stacklevel=3)
-    else:
-        print(msg)
-    logger.info(msg)
+    announce_once(_ANNOUNCED, name, msg, substitute, PerceptualSubstituteWarning, logger)
 
 
 def _resolve(kind: str) -> str:
