@@ -1,0 +1,27 @@
+"""Measurement for the course (chapter 08, DESIGN §7), split by purpose:
+
+=====================  ==========================================================================
+``reconstruction``     PSNR, SSIM (chapter 01's autoencoders)
+``features``           the embeddings: Inception-v3 when its weights are present, labelled substitutes
+``evaluators``         the course's own feature networks, trained on its offline data and shipped
+``distances``          features -> numbers: FID (Fréchet distance), KID, precision / recall,
+                       streaming statistics, bootstrap intervals
+``quality``            front doors: images in, numbers out with n, interval, floor and ceiling
+``conditional``        did the sample show what the condition asked for? caption / layout / class accuracy
+=====================  ==========================================================================
+
+Every name is importable from ``ldm_lite.metrics`` directly.
+"""
+
+from ldm_lite.metrics.reconstruction import psnr, ssim
+from ldm_lite.metrics.features import (
+    FEATURE_KINDS, FID_INCEPTION_FILE, FID_INCEPTION_URL, INCEPTION_DIM, INCEPTION_SIZE,
+    RANDOM_VGG_FEATURE_DIM, RANDOM_VGG_FEATURE_LAYERS, RANDOM_VGG_FEATURE_SIZE, TORCHVISION_INCEPTION_FILE,
+    _ANNOUNCED, ClassifierFeatureExtractor, FeatureExtractor, FeatureSubstituteWarning,
+    InceptionFeatureExtractor, RandomVGGFeatureExtractor, _tf_pool_block, compute_features,
+    get_feature_extractor, hub_checkpoints_dir, inception_weights_available, inception_weights_paths,
+)
+from ldm_lite.metrics.distances import (
+    feature_statistics, fid_from_features, frechet_distance, kid_from_features, precision_recall,
+)
+from ldm_lite.metrics.quality import fid, format_metric, kid, sample_quality

@@ -1,0 +1,174 @@
+"""Features -> numbers: Fréchet distance (FID), KID, improved precision / recall (chapters 05 and 08)."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+# ------------------------------------------------------------------------------------------------
+# Features -> numbers
+# ------------------------------------------------------------------------------------------------
+def _as_features(f: Any, what: str = "features", min_n: int = 2) -> np.ndarray:
+    a = f.detach().cpu().double().numpy() if torch.is_tensor(f) else np.asarray(f, dtype=np.float64)
+    if a.ndim != 2:
+        raise ValueError(f"{what} must be a 2-D (N, d) array; got shape {a.shape}")
+    if len(a) < min_n:
+        raise ValueError(f"{what}: need at least {min_n} samples, got {len(a)}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{what} contain NaN or inf")
+    return a
+
+
+def feature_statistics(features: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Mean ``(d,)`` and covariance ``(d, d)`` (unbiased, divisor N-1) of ``(N, d)`` features, float64."""
+    a = _as_features(features)
+    return a.mean(axis=0), np.cov(a, rowvar=False).reshape(a.shape[1], a.shape[1])
+
+
+def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any, eps: float = 1e-6) -> float:
+    """Fréchet (2-Wasserstein) distance between N(mu1, sigma1) and N(mu2, sigma2): the FID formula.
+
+    ``d^2 = ||mu1 - mu2||^2 + Tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2))`` (Heusel et al. 2017,
+    Eq. 6; Dowson & Landau 1982). Computed in float64 with ``scipy.linalg.sqrtm``, as the reference
+    implementations do:
+
+    * ``sigma1 sigma2`` is not symmetric, and with fewer samples than dimensions it is singular;
+      when its square root comes out non-finite, both covariances get ``eps * I`` added first.
+    * Round-off makes the square root slightly complex; imaginary parts on its diagonal up to 1e-3
+      are dropped, larger ones raise ``ValueError`` (the inputs were not covariance matrices).
+
+    The result may be a tiny negative number (about -1e-10 relative) for identical statistics.
+    """
+    from scipy import linalg
+
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    d = mu1.shape[0]
+    if mu1.shape != mu2.shape or mu1.ndim != 1:
+        raise ValueError(f"mean vectors must have the same shape (d,); got {mu1.shape} and {mu2.shape}")
+    if s1.shape != (d, d) or s2.shape != (d, d):
+        raise ValueError(f"covariances must be ({d}, {d}); got {s1.shape} and {s2.shape}")
+    diff = mu1 - mu2
+    with warnings.catch_warnings():  # "singular matrix" is expected with fewer samples than dimensions
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(s1 @ s2)
+        if not np.isfinite(covmean).all():
+            warnings.warn(f"frechet_distance: sqrtm(sigma1 @ sigma2) is not finite; adding {eps:g} * I to both "
+                          "covariances", RuntimeWarning, stacklevel=2)
+            offset = np.eye(d) * eps
+            covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
+    if np.iscomplexobj(covmean):
+        max_imag = np.abs(np.diagonal(covmean).imag).max()
+        if max_imag > 1e-3:
+            raise ValueError(f"frechet_distance: the matrix square root has imaginary part {max_imag:.3g}; "
+                             "are sigma1 and sigma2 covariance (symmetric PSD) matrices?")
+        covmean = covmean.real
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
+
+
+def fid_from_features(f1: Any, f2: Any) -> float:
+    """FID between two feature sets ``(N1, d)`` and ``(N2, d)``: Fréchet distance of their Gaussian fits.
+
+    Biased upwards at small N (the covariance estimates are noisy): compare FIDs only at equal N.
+    """
+    a, b = _as_features(f1, "f1"), _as_features(f2, "f2")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"feature dimensions differ: {a.shape[1]} and {b.shape[1]}")
+    return frechet_distance(*feature_statistics(a), *feature_statistics(b))
+
+
+def _polynomial_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """KID's kernel ``k(x, y) = (x.y / d + 1)^3`` for all pairs: ``(m, d), (n, d) -> (m, n)``."""
+    return (a @ b.T / a.shape[1] + 1.0) ** 3
+
+
+def _mmd2_unbiased(kxx: np.ndarray, kyy: np.ndarray, kxy: np.ndarray) -> float:
+    """Unbiased MMD^2 from kernel matrices (Gretton et al. 2012, Eq. 3): diagonals left out."""
+    m, n = kxx.shape[0], kyy.shape[0]
+    xx = (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
+    yy = (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+    return float(xx + yy - 2.0 * kxy.mean())
+
+
+def kid_from_features(f1: Any, f2: Any, num_subsets: int = 100, subset_size: int = 1000,
+                      seed: int = 0) -> tuple[float, float]:
+    """Kernel Inception Distance (Bińkowski et al. 2018, Sec. 3) between ``(N1, d)`` and ``(N2, d)`` features.
+
+    The unbiased estimate of the squared MMD with the cubic polynomial kernel
+    ``k(x, y) = (x.y / d + 1)^3``, averaged over ``num_subsets`` random subsets of
+    ``m = min(subset_size, N1, N2)`` samples drawn without replacement from each set (a NumPy
+    generator seeded with ``seed``). Returns ``(mean, std)`` over the subsets.
+
+    Unbiased: its expectation is 0 when both sets come from the same distribution, so small or
+    negative values are normal there, and it can be compared across sample sizes (unlike FID).
+    Published KIDs are often reported x 1000.
+    """
+    a, b = _as_features(f1, "f1"), _as_features(f2, "f2")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"feature dimensions differ: {a.shape[1]} and {b.shape[1]}")
+    if num_subsets < 1:
+        raise ValueError(f"num_subsets must be >= 1, got {num_subsets}")
+    m = min(int(subset_size), len(a), len(b))
+    if m < 2:
+        raise ValueError(f"KID needs subsets of at least 2 samples; got subset_size={subset_size}")
+    rng = np.random.default_rng(seed)
+    # Compute each kernel matrix once and index it per subset when that is cheaper and fits in memory.
+    n_max = max(len(a), len(b))
+    full = n_max**2 <= min(num_subsets * m * m, 2500**2)
+    if full:
+        kaa, kbb, kab = _polynomial_kernel(a, a), _polynomial_kernel(b, b), _polynomial_kernel(a, b)
+    values = np.empty(num_subsets)
+    for s in range(num_subsets):
+        i = rng.choice(len(a), m, replace=False)
+        j = rng.choice(len(b), m, replace=False)
+        if full:
+            values[s] = _mmd2_unbiased(kaa[np.ix_(i, i)], kbb[np.ix_(j, j)], kab[np.ix_(i, j)])
+        else:
+            x, y = a[i], b[j]
+            values[s] = _mmd2_unbiased(_polynomial_kernel(x, x), _polynomial_kernel(y, y), _polynomial_kernel(x, y))
+    return float(values.mean()), float(values.std())
+
+
+def _kth_neighbour_radii(feats: torch.Tensor, k: int, chunk_size: int) -> torch.Tensor:
+    """Distance from each point to its k-th nearest *other* point of the same set: ``(N, d) -> (N,)``."""
+    radii = []
+    for i in range(0, len(feats), chunk_size):
+        d = torch.cdist(feats[i : i + chunk_size], feats)
+        radii.append(d.kthvalue(k + 1, dim=1).values)  # the point itself sits at distance 0
+    return torch.cat(radii)
+
+
+def _inside_manifold(query: torch.Tensor, ref: torch.Tensor, radii: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """For each query point: does it lie within ``radii[j]`` of some reference point ``j``?  ``-> (Nq,)`` bool."""
+    inside = []
+    for i in range(0, len(query), chunk_size):
+        d = torch.cdist(query[i : i + chunk_size], ref)
+        inside.append((d <= radii[None, :]).any(dim=1))
+    return torch.cat(inside)
+
+
+def precision_recall(real_feats: Any, fake_feats: Any, k: int = 3, chunk_size: int = 1024) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al., NeurIPS 2019, Sec. 2).
+
+    Each set's manifold is estimated as the union of balls around its points, the ball of point
+    ``phi`` having the radius of ``phi``'s k-th nearest neighbour within its own set (k = 3 in the
+    paper). Then
+
+    * precision = fraction of *generated* points inside the *real* manifold (fidelity),
+    * recall    = fraction of *real* points inside the *generated* manifold (coverage / diversity).
+
+    Pairwise distances are computed in float64, ``chunk_size`` rows at a time (memory
+    ``chunk_size * N``). Returns ``(precision, recall)`` in [0, 1]. Both sets need more than ``k`` points.
+    """
+    r = torch.from_numpy(_as_features(real_feats, "real_feats", min_n=k + 1))
+    g = torch.from_numpy(_as_features(fake_feats, "fake_feats", min_n=k + 1))
+    if r.shape[1] != g.shape[1]:
+        raise ValueError(f"feature dimensions differ: {r.shape[1]} and {g.shape[1]}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    precision = _inside_manifold(g, r, _kth_neighbour_radii(r, k, chunk_size), chunk_size).double().mean()
+    recall = _inside_manifold(r, g, _kth_neighbour_radii(g, k, chunk_size), chunk_size).double().mean()
+    return float(precision), float(recall)
