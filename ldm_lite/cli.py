@@ -3,6 +3,7 @@
     ldm-lite train-ae --data openmoji --size 64 --f 8 --reg kl --steps 4000 --out runs/ae_f8
     ldm-lite train-ldm --data shapes --size 64 --first-stage ae_kl_f4_shapes64 --steps 3000 --export ldm_shapes64
     ldm-lite sample --model ldm_shapes64 --n 16 --steps 50 --out samples.png
+    ldm-lite train-evaluator --network shapes-attributes --steps 3000 --export eval_shapes_attributes
     ldm-lite list-pretrained
 """
 
@@ -151,8 +152,17 @@ def _add_sample(sub) -> None:
     p.add_argument("--latent-size", type=int, default=None, help="latent side; larger than training = bigger images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--nrow", type=int, default=None)
-    p.add_argument("--out", default="samples.png", help="PNG file to write")
+    p.add_argument("--out", default="samples.png",
+                   help="a .png (one grid of all images) or a .npz (uint8 (N, H, W, C) array 'images' + a .json "
+                        "manifest beside it: a sample set for the metrics of chapter 08)")
+    p.add_argument("--batch-size", type=int, default=64, help="images sampled at once (memory)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def _manifest_of(model: str) -> dict:
+    from ldm_lite.pretrained import load_manifest
+
+    return load_manifest(model)
 
 
 def _run_sample(args) -> dict:
@@ -166,7 +176,14 @@ def _run_sample(args) -> dict:
     from ldm_lite.pretrained import _atomic_write, load_ldm
     from ldm_lite.viz import make_grid
 
-    if args.threads:
+    out = Path(args.out)
+    if out.suffix.lower() not in (".png", ".npz"):
+        raise SystemExit(f"--out {args.out!r}: write a .png (a grid) or a .npz (the images as an array)")
+    if args.n < 1 or args.batch_size < 1:
+        raise SystemExit(f"--n and --batch-size must be >= 1, got {args.n} and {args.batch_size}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     model = load_ldm(args.model, device=device())
     cond = None
@@ -174,17 +191,71 @@ def _run_sample(args) -> dict:
         reps = -(-args.n // len(args.label))
         cond = torch.tensor((list(args.label) * reps)[: args.n])
     t0 = time.perf_counter()
-    images = model.sample(args.n, cond=cond, sampler=args.sampler, steps=args.steps, eta=args.eta,
-                          guidance_scale=args.guidance, generator=torch.Generator().manual_seed(args.seed),
-                          latent_size=args.latent_size, progress=True)
+    gen = torch.Generator().manual_seed(args.seed)  # one stream across batches (same --batch-size, same images)
+    chunks = []
+    for i in range(0, args.n, args.batch_size):
+        b = min(args.batch_size, args.n - i)
+        chunks.append(model.sample(b, cond=None if cond is None else cond[i : i + b], sampler=args.sampler,
+                                   steps=args.steps, eta=args.eta, guidance_scale=args.guidance, generator=gen,
+                                   latent_size=args.latent_size, progress=True))
+    images = torch.cat(chunks)
     seconds = time.perf_counter() - t0
-    out = Path(args.out)
-    grid = Image.fromarray(make_grid(images, nrow=args.nrow))
-    _atomic_write(out, lambda tmp: grid.save(tmp, format="PNG"))
+    if not torch.isfinite(images).all():
+        raise SystemExit("sampling produced NaN or inf; nothing was written (check the model and --guidance)")
     summary = dict(out=str(out), images=list(images.shape), seconds=round(seconds, 2),
                    seconds_per_image=round(seconds / args.n, 3))
+    if out.suffix.lower() == ".png":
+        grid = Image.fromarray(make_grid(images, nrow=args.nrow))
+        _atomic_write(out, lambda tmp: grid.save(tmp, format="PNG"))
+    else:
+        from ldm_lite.data.common import save_npz_atomic, to_uint8
+
+        save_npz_atomic(str(out), compress=True, images=to_uint8(images))
+        manifest = dict(kind="samples", model=args.model, n=args.n, sampler=args.sampler, steps=args.steps,
+                        eta=args.eta, guidance=args.guidance, seed=args.seed, batch_size=args.batch_size,
+                        seconds=summary["seconds"], threads=torch.get_num_threads(),
+                        command="ldm-lite " + " ".join(shlex.quote(a) for a in args.argv),
+                        model_manifest={k: v for k, v in _manifest_of(args.model).items()
+                                        if k in ("steps", "wall_time_s", "metrics", "command")})
+        _atomic_write(out.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2) + "\n"))
     print(json.dumps(summary, indent=2))
     return summary
+
+
+def _add_train_evaluator(sub) -> None:
+    from ldm_lite.evaluator_training import DATASET_OF, EvaluatorRecipe
+
+    d = EvaluatorRecipe("fashion-classifier")
+    p = sub.add_parser("train-evaluator", help="train a feature network for the metrics (chapter 08)")
+    p.add_argument("--network", required=True, choices=sorted(DATASET_OF))
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--augment", type=float, default=d.augment, help="augmentation strength in [0, 1]")
+    p.add_argument("--ae", default=None, help="autoencoder whose reconstructions join the augmentations")
+    p.add_argument("--ae-prob", type=float, default=d.ae_prob)
+    p.add_argument("--eval-n", type=int, default=d.eval_n, help="held-out images for the final score (shapes)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--export", default=None, help="name under data/pretrained/ or a path")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def _run_train_evaluator(args) -> dict:
+    import torch
+
+    from ldm_lite.evaluator_training import EvaluatorRecipe, train_evaluator
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    recipe = EvaluatorRecipe(args.network, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                             augment=args.augment, ae=args.ae, ae_prob=args.ae_prob, eval_n=args.eval_n,
+                             seed=args.seed)
+    command = "ldm-lite " + " ".join(shlex.quote(a) for a in args.argv)
+    _, report = train_evaluator(recipe, export=args.export, command=command)
+    print(json.dumps(report, indent=2, default=str))
+    return report
 
 
 def main(argv=None) -> int:
@@ -193,6 +264,7 @@ def main(argv=None) -> int:
     _add_train_ae(sub)
     _add_train_ldm(sub)
     _add_sample(sub)
+    _add_train_evaluator(sub)
     sub.add_parser("list-pretrained", help="list the checkpoints shipped in data/pretrained/")
     args = parser.parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]  # recorded in exported manifests
@@ -202,6 +274,8 @@ def main(argv=None) -> int:
         _run_train_ldm(args)
     elif args.command == "sample":
         _run_sample(args)
+    elif args.command == "train-evaluator":
+        _run_train_evaluator(args)
     elif args.command == "list-pretrained":
         from ldm_lite.pretrained import list_pretrained
 

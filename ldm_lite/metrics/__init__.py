@@ -25,3 +25,12 @@ from ldm_lite.metrics.distances import (
     feature_statistics, fid_from_features, frechet_distance, kid_from_features, precision_recall,
 )
 from ldm_lite.metrics.quality import fid, format_metric, kid, sample_quality
+from ldm_lite.metrics.distances import StreamingFeatureStats, bootstrap_interval, set_metrics_with_intervals
+from ldm_lite.metrics.features import DOMAIN_KINDS, domain_feature_extractor
+from ldm_lite.metrics.quality import features_of, format_report, quality_report, stream_features
+from ldm_lite.metrics.evaluators import (
+    EmojiFeatureNet, FashionClassifier, ShapesAttributeNet, build_evaluator, load_evaluator,
+)
+from ldm_lite.metrics.conditional import (
+    box_iou, caption_accuracy, class_accuracy, layout_accuracy, parse_caption, shapes_heldout_accuracy,
+)

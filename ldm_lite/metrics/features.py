@@ -48,7 +48,9 @@ class FeatureSubstituteWarning(UserWarning):
 
 
 #: Kinds accepted by :func:`get_feature_extractor`.
-FEATURE_KINDS = ("auto", "inception", "random-vgg", "classifier")
+FEATURE_KINDS = ("auto", "inception", "random-vgg", "classifier", "fashion", "shapes", "openmoji")
+#: Kinds served by the course's own trained evaluators (``ldm_lite.metrics.evaluators``).
+DOMAIN_KINDS = ("fashion", "shapes", "openmoji")
 
 #: torchvision's ImageNet Inception-v3 (``Inception_V3_Weights.IMAGENET1K_V1``).
 TORCHVISION_INCEPTION_FILE = "inception_v3_google-0cc3c7bd.pth"
@@ -445,6 +447,21 @@ class ClassifierFeatureExtractor(FeatureExtractor):
         return out
 
 
+def domain_feature_extractor(dataset: str) -> "ClassifierFeatureExtractor":
+    """Features of the course's shipped evaluator for ``dataset`` (``"fashion"``, ``"shapes"``, ``"openmoji"``).
+
+    Labelled with the network's name and held-out score from its manifest; these are the numbers the
+    course trusts for its own data (chapter 08), and they are not comparable with Inception FIDs.
+    """
+    from ldm_lite.metrics.evaluators import load_evaluator
+
+    net = load_evaluator(dataset)
+    ext = ClassifierFeatureExtractor(net, dim=net.feature_dim)
+    ext.name = (f"{net.name} (course-trained {dataset} features, data/pretrained/{net.manifest.get('weights', '?')}; "
+                "not comparable with Inception FID)")
+    return ext
+
+
 _ANNOUNCED: set[str] = set()
 
 
@@ -469,7 +486,8 @@ def get_feature_extractor(kind: str = "auto", classifier: Any = None, announce: 
     """Build the embedding for FID / KID / precision-recall: one front door for all kinds.
 
     Args:
-        kind: ``"inception"`` (Inception-v3 pool3, 2048-d; needs the weights in the hub cache, else
+        kind: ``"fashion"`` / ``"shapes"`` / ``"openmoji"`` (the course's trained evaluators, see
+            :func:`domain_feature_extractor`), ``"inception"`` (Inception-v3 pool3, 2048-d; needs the weights in the hub cache, else
             ``FileNotFoundError`` saying where to put them), ``"random-vgg"`` (the labelled offline
             SUBSTITUTE, 1280-d, see :class:`RandomVGGFeatureExtractor`), ``"classifier"`` (features
             of ``classifier``, see :class:`ClassifierFeatureExtractor`), or ``"auto"``: Inception
@@ -491,8 +509,10 @@ def get_feature_extractor(kind: str = "auto", classifier: Any = None, announce: 
         kind = "classifier"
     if classifier is not None and kind != "classifier":
         raise ValueError(f"classifier= is only used by kind='classifier', not {kind!r}")
-    if kind == "classifier":
-        ext: FeatureExtractor = ClassifierFeatureExtractor(classifier, **kwargs)
+    if kind in DOMAIN_KINDS:
+        ext: FeatureExtractor = domain_feature_extractor(kind)
+    elif kind == "classifier":
+        ext = ClassifierFeatureExtractor(classifier, **kwargs)
     elif kind == "inception":
         ext = InceptionFeatureExtractor(**kwargs)
     elif kind == "random-vgg":

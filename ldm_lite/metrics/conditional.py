@@ -1,0 +1,243 @@
+"""Conditional scores: did the sample show what the condition asked for? (DESIGN §7, chapter 08)
+
+On ShapesDataset the condition is checkable exactly, because the generator knows every object:
+
+* :func:`caption_accuracy` -- every object the caption names is present with the right colour and shape,
+  and nothing extra (the multiset of (colour, shape) read from the image equals the caption's).
+  Reported overall, per object count, with size as well, and for held-out (colour, shape) pairs apart.
+* :func:`layout_accuracy` -- the fraction of requested objects found inside their box (IoU >= 0.5, the
+  right shape, and the right colour when given).
+
+Both read the image with the shipped :class:`~ldm_lite.metrics.evaluators.ShapesAttributeNet` and report,
+beside the number, a *floor* (the same images scored against shuffled captions / layouts -- what a model
+that ignores its condition gets) and, when the real images are passed, a *ceiling* (the evaluator on the
+real renders of the same captions). On Fashion-MNIST: :func:`class_accuracy`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ldm_lite.data.shapes import COLORS, SHAPES, SIZES
+from ldm_lite.metrics.distances import bootstrap_interval
+
+_OBJECT = re.compile(rf"\ba ({'|'.join(SIZES)}) ({'|'.join(COLORS)}) ({'|'.join(SHAPES)})\b")
+
+
+def parse_caption(caption: str) -> list[tuple[str, str, str]]:
+    """``"a big red circle left of a small blue square"`` -> ``[("big", "red", "circle"), ("small", "blue", "square")]``.
+
+    Raises ``ValueError`` for a caption that names no object in ShapesDataset's vocabulary.
+    """
+    if not isinstance(caption, str):
+        raise TypeError(f"captions must be strings, got {type(caption).__name__}")
+    objects = _OBJECT.findall(caption.lower())
+    if not objects:
+        raise ValueError(
+            f"caption {caption!r} names no ShapesDataset object; objects read 'a <size> <colour> <shape>' "
+            f"with size in {SIZES}, colour in {COLORS}, shape in {SHAPES}"
+        )
+    return objects
+
+
+def _evaluator(evaluator):
+    if evaluator is None:
+        from ldm_lite.metrics.evaluators import load_evaluator
+
+        return load_evaluator("shapes")
+    if not hasattr(evaluator, "detect"):
+        raise TypeError("the evaluator must have a .detect(images) method (a ShapesAttributeNet)")
+    return evaluator
+
+
+def _detect(evaluator, images: torch.Tensor, batch_size: int = 128) -> list:
+    if not torch.is_tensor(images) or images.dim() != 4:
+        raise ValueError(f"images must be a (B, 3, H, W) tensor in [-1, 1]; got "
+                         f"{tuple(images.shape) if torch.is_tensor(images) else type(images).__name__}")
+    out = []
+    for i in range(0, len(images), batch_size):
+        out += evaluator.detect(images[i : i + batch_size])
+    return out
+
+
+def _caption_hits(detections: list, captions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per image: (colour, shape) multiset matches; and the same with size."""
+    hit, hit_size = [], []
+    for objs, cap in zip(detections, captions):
+        want = parse_caption(cap)
+        got = [(o.size, o.color, o.shape) for o in objs]
+        hit.append(Counter((c, s) for _, c, s in want) == Counter((c, s) for _, c, s in got))
+        hit_size.append(Counter(want) == Counter(got))
+    return np.array(hit, bool), np.array(hit_size, bool)
+
+
+def _summary(hits: np.ndarray, seed: int) -> dict:
+    lo, hi = bootstrap_interval(hits.astype(float), seed=seed)
+    return dict(value=float(hits.mean()) if len(hits) else float("nan"), ci95=(lo, hi), n=int(len(hits)))
+
+
+def _shuffled(items: list, seed: int) -> list:
+    """Shuffle so that no item keeps its place: walk a random cycle through all positions."""
+    n = len(items)
+    perm = np.random.default_rng(seed).permutation(n)
+    out = list(items)
+    for i in range(n):
+        out[perm[i]] = items[perm[(i + 1) % n]]
+    return out
+
+
+def caption_accuracy(images: torch.Tensor, captions: Sequence[str], evaluator=None,
+                     real_images: torch.Tensor | None = None, holdout: Sequence[tuple[str, str]] = (),
+                     seed: int = 0) -> dict:
+    """Caption accuracy of generated ShapesDataset images, with a floor and (given real images) a ceiling.
+
+    Args:
+        images: ``(B, 3, H, W)`` in [-1, 1], image ``b`` generated for ``captions[b]``.
+        captions: ShapesDataset captions ("a big red circle left of a small blue square").
+        evaluator: a :class:`ShapesAttributeNet`; default the shipped one.
+        real_images: real renders of the same captions (``ShapesDataset`` images) -> ``ceiling``.
+        holdout: ``(colour, shape)`` pairs held out of training -> ``holdout`` / ``seen`` scores apart.
+
+    Returns ``dict(value, ci95, n, with_size, per_count={1: {...}, 2: ..., 3: ...}, floor, ceiling?,
+    holdout?, seen?, evaluator)``; every score is ``dict(value, ci95, n)`` (bootstrap 95 % over images).
+    """
+    captions = list(captions)
+    if len(captions) != len(images):
+        raise ValueError(f"{len(images)} images but {len(captions)} captions; give one caption per image")
+    for c in captions:
+        parse_caption(c)  # fail on a bad caption before any work
+    ev = _evaluator(evaluator)
+    det = _detect(ev, images)
+    hit, hit_size = _caption_hits(det, captions)
+    counts = np.array([len(parse_caption(c)) for c in captions])
+    out = dict(_summary(hit, seed), with_size=_summary(hit_size, seed), evaluator=ev.name,
+               per_count={int(k): _summary(hit[counts == k], seed) for k in sorted(set(counts))})
+    out["floor"] = _summary(_caption_hits(det, _shuffled(captions, seed))[0], seed)
+    if real_images is not None:
+        if len(real_images) != len(images):
+            raise ValueError(f"real_images must match images one to one; got {len(real_images)} and {len(images)}")
+        out["ceiling"] = _summary(_caption_hits(_detect(ev, real_images), captions)[0], seed)
+    if holdout:
+        pairs = {(c, s) for c, s in holdout}
+        has = np.array([any((c, s) in pairs for _, c, s in parse_caption(cap)) for cap in captions])
+        out["holdout"], out["seen"] = _summary(hit[has], seed), _summary(hit[~has], seed)
+    return out
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of boxes ``(N, 4)`` and ``(M, 4)`` in ``(x0, y0, x1, y1)`` -> ``(N, M)``."""
+    a, b = np.asarray(a, float).reshape(-1, 4), np.asarray(b, float).reshape(-1, 4)
+    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area = lambda z: (z[:, 2] - z[:, 0]) * (z[:, 3] - z[:, 1])  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+
+
+def _layout_hits(detections, boxes, labels, colors, iou_threshold) -> np.ndarray:
+    """One bool per requested object: is a detection of its shape (and colour) inside its box?"""
+    found = []
+    for objs, bx, lb, cl in zip(detections, boxes, labels, colors):
+        det_boxes = np.array([o.box for o in objs]) if objs else np.zeros((0, 4))
+        for k in np.flatnonzero(lb >= 0):
+            ok = False
+            if len(objs):
+                ious = box_iou(bx[k][None], det_boxes)[0]
+                for j in np.flatnonzero(ious >= iou_threshold):
+                    if objs[j].shape == SHAPES[lb[k]] and (cl is None or cl[k] < 0 or objs[j].color == COLORS[cl[k]]):
+                        ok = True
+            found.append(ok)
+    return np.array(found, bool)
+
+
+def layout_accuracy(images: torch.Tensor, boxes, labels, colors=None, evaluator=None,
+                    real_images: torch.Tensor | None = None, iou_threshold: float = 0.5, seed: int = 0) -> dict:
+    """Layout accuracy: the fraction of requested objects found in their box (IoU >= ``iou_threshold``)
+    with the requested shape (and colour, when ``colors`` is given).
+
+    Args:
+        boxes: ``(B, M, 4)`` pixel boxes ``(x0, y0, x1, y1)`` in the images' coordinates (ShapesDataset's
+            ``boxes``); rows whose label is -1 are padding.
+        labels: ``(B, M)`` shape classes (index into ``SHAPES``), -1 for padding.
+        colors: ``(B, M)`` colour classes or None.
+    Returns ``dict(value, ci95, n (objects), floor (layouts shuffled across images), ceiling?, evaluator)``.
+    """
+    boxes, labels = np.asarray(boxes, float), np.asarray(labels, np.int64)
+    if boxes.ndim != 3 or boxes.shape[-1] != 4 or labels.shape != boxes.shape[:2] or len(boxes) != len(images):
+        raise ValueError(f"boxes must be (B, M, 4) and labels (B, M) for B={len(images)} images; "
+                         f"got {boxes.shape} and {labels.shape}")
+    if labels.max() >= len(SHAPES) or labels.min() < -1:
+        raise ValueError(f"labels must be shape classes 0..{len(SHAPES) - 1} (or -1 for padding)")
+    colors = [None] * len(images) if colors is None else np.asarray(colors, np.int64)
+    ev = _evaluator(evaluator)
+    det = _detect(ev, images)
+    hit = _layout_hits(det, boxes, labels, colors, iou_threshold)
+    out = dict(_summary(hit, seed), evaluator=ev.name, iou_threshold=iou_threshold)
+    perm = _shuffled(list(range(len(images))), seed)
+    out["floor"] = _summary(_layout_hits(det, boxes[perm], labels[perm],
+                                         [colors[p] for p in perm], iou_threshold), seed)
+    if real_images is not None:
+        out["ceiling"] = _summary(_layout_hits(_detect(ev, real_images), boxes, labels, colors, iou_threshold), seed)
+    return out
+
+
+@torch.no_grad()
+def class_accuracy(images: torch.Tensor, labels, classifier=None, min_confidence: float = 0.5,
+                   batch_size: int = 256, seed: int = 0) -> dict:
+    """Class accuracy of class-conditional Fashion-MNIST samples under the shipped classifier.
+
+    Returns ``dict(value, ci95, n, confident (share classified with probability >= min_confidence as
+    any class), floor (labels shuffled), evaluator)``. ``labels=None`` scores only ``confident``
+    (for unconditional samples).
+    """
+    if classifier is None:
+        from ldm_lite.metrics.evaluators import load_evaluator
+
+        classifier = load_evaluator("fashion")
+    classifier.eval()
+    probs = torch.cat([classifier(images[i : i + batch_size]).softmax(1) for i in range(0, len(images), batch_size)])
+    conf = (probs.max(1).values >= min_confidence).numpy()
+    out = dict(confident=_summary(conf, seed), evaluator=getattr(classifier, "name", type(classifier).__name__))
+    if labels is not None:
+        y = torch.as_tensor(labels).long().view(-1)
+        if len(y) != len(images):
+            raise ValueError(f"{len(images)} images but {len(y)} labels")
+        if y.min() < 0 or y.max() >= probs.shape[1]:
+            raise ValueError(f"labels must be classes 0..{probs.shape[1] - 1}")
+        pred = probs.argmax(1)
+        out.update(_summary((pred == y).numpy(), seed))
+        out["floor"] = _summary((pred == y[torch.as_tensor(_shuffled(list(range(len(y))), seed))]).numpy(), seed)
+    return out
+
+
+def shapes_heldout_accuracy(evaluator, n: int = 1000, seed: int = 777, size: int = 64) -> dict:
+    """The shapes evaluator on ``n`` fresh renders (a seed training never used): caption accuracy and
+    layout accuracy on clean images and on images degraded at the training augmentations' full strength."""
+    from ldm_lite.data.shapes import ShapesDataset
+    from ldm_lite.data.augment import random_degrade
+
+    ds = ShapesDataset(size, length=n, seed=seed)
+    items = [ds[i] for i in range(n)]
+    x = torch.stack([it["image"] for it in items])
+    caps = [it["caption"] for it in items]
+    boxes = torch.stack([it["boxes"] for it in items]).numpy()
+    labels = torch.stack([it["labels"] for it in items]).numpy()
+    colors = torch.stack([it["colors"] for it in items]).numpy()
+    xd = random_degrade(x, 1.0, torch.Generator().manual_seed(seed))
+    res = {}
+    for name, imgs in (("clean", x), ("degraded", xd)):
+        cap = caption_accuracy(imgs, caps, evaluator)
+        lay = layout_accuracy(imgs, boxes, labels, colors, evaluator)
+        res[name] = dict(caption_accuracy=cap["value"], caption_ci95=cap["ci95"], with_size=cap["with_size"]["value"],
+                         per_count={k: v["value"] for k, v in cap["per_count"].items()},
+                         layout_accuracy=lay["value"], shuffled_caption_floor=cap["floor"]["value"])
+    res["n"] = n
+    res["seed"] = seed
+    return res

@@ -1,0 +1,29 @@
+"""Every notebook exercise check, run against its solution in notebooks/solutions/ (DESIGN §9)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+from ldm_lite import metrics as M
+
+SOLUTIONS = Path(__file__).resolve().parent.parent / "notebooks" / "solutions"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, SOLUTIONS / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_08_evaluation_solutions_pass_the_notebook_checks():
+    sol = _load("08_evaluation")
+    rng = np.random.default_rng(0)
+    f_ref, f_good = rng.normal(size=(60, 16)), rng.normal(size=(80, 16)) + 0.3
+    m = min(len(f_ref), len(f_good))
+    expected = M.kid_from_features(f_ref[:m], f_good[:m], num_subsets=1, subset_size=m)[0]
+    assert abs(sol.kid_unbiased(f_ref[:m], f_good[:m]) - expected) < 1e-6 * max(1, abs(expected))
+    assert abs(sol.my_recall(f_ref, f_good) - M.precision_recall(f_ref, f_good)[1]) < 1e-9
