@@ -256,11 +256,20 @@ def test_inception_code_path_with_stand_in_weights(empty_hub):
     torch.manual_seed(0)
     fid_net = inception_v3(weights=None, num_classes=1008, aux_logits=False, init_weights=False)
     torch.save(fid_net.state_dict(), empty_hub / M.FID_INCEPTION_FILE)
-    ext = M.get_feature_extractor("inception", announce=False)
+    ext = M.get_feature_extractor("inception", announce=False)  # auto: the package's network first
+    assert ext.variant == "torchmetrics" and not ext.is_substitute and "standard FID" in ext.name
+    pkg = ext
+    ext = M.get_feature_extractor("inception", variant="pytorch-fid", announce=False)
     assert ext.variant == "pytorch-fid" and not ext.is_substitute and "standard FID" in ext.name
     assert type(ext.net.Mixed_7c).__name__.startswith("TFMaxPool")
     f = ext(torch.rand(1, 1, 28, 28) * 2 - 1)
     assert f.shape == (1, M.INCEPTION_DIM) and torch.isfinite(f).all()
+    # our TF-pooling build and torchmetrics / torch-fidelity's network agree on the same weights (images at
+    # 299 px and on the uint8 grid, so only the input scaling differs: x/127.5 - 1 against (x - 128)/128)
+    x = torch.randint(0, 256, (2, 3, 299, 299)).float() / 127.5 - 1
+    ours, theirs = ext(x), pkg(x)
+    assert theirs.shape == ours.shape
+    assert (ours - theirs).norm() / ours.norm() < 0.02
 
     tv_net = inception_v3(weights=None, aux_logits=True, init_weights=False)
     torch.save(tv_net.state_dict(), empty_hub / M.TORCHVISION_INCEPTION_FILE)

@@ -58,6 +58,9 @@ TORCHVISION_INCEPTION_GLOB = "inception_v3_google-*.pth"
 #: The TF-ported Inception of the original FID code, as shipped by pytorch-fid.
 FID_INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
 FID_INCEPTION_GLOB = "pt_inception-2015-12-05-*.pth"
+#: The same TF-ported weights under torch-fidelity's name (what torchmetrics' FID loads).
+FIDELITY_INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+FIDELITY_INCEPTION_GLOB = "weights-inception-2015-12-05-*.pth"
 FID_INCEPTION_URL = (
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + FID_INCEPTION_FILE
 )
@@ -85,10 +88,12 @@ def hub_checkpoints_dir() -> Path:
 
 
 def inception_weights_paths() -> dict[str, Path | None]:
-    """The Inception weight files present in the hub cache: ``{"pytorch-fid": path|None, "torchvision": path|None}``."""
+    """The Inception weight files present in the hub cache:
+    ``{"torch-fidelity": path|None, "pytorch-fid": path|None, "torchvision": path|None}``."""
     d = hub_checkpoints_dir()
     found = {}
-    for variant, pattern in (("pytorch-fid", FID_INCEPTION_GLOB), ("torchvision", TORCHVISION_INCEPTION_GLOB)):
+    for variant, pattern in (("torch-fidelity", FIDELITY_INCEPTION_GLOB), ("pytorch-fid", FID_INCEPTION_GLOB),
+                             ("torchvision", TORCHVISION_INCEPTION_GLOB)):
         hits = sorted(glob.glob(str(d / pattern)))
         found[variant] = Path(hits[0]) if hits else None
     return found
@@ -102,7 +107,8 @@ def inception_weights_available() -> bool:
 def _where_to_put_inception() -> str:
     d = hub_checkpoints_dir()
     return (
-        f"For the standard FID put pytorch-fid's TF-ported weights at {d / FID_INCEPTION_FILE} "
+        f"For the standard FID put the TF-ported weights at {d / FIDELITY_INCEPTION_FILE} (torchmetrics / "
+        f"torch-fidelity) or {d / FID_INCEPTION_FILE} "
         f"(from {FID_INCEPTION_URL}), or torchvision's ImageNet weights at {d / TORCHVISION_INCEPTION_FILE} "
         "(run `torchvision.models.inception_v3(weights='IMAGENET1K_V1')` once on a machine with internet "
         "and copy the file, or set TORCH_HOME to a folder holding hub/checkpoints/)."
@@ -329,6 +335,10 @@ class InceptionFeatureExtractor(FeatureExtractor):
       exactly; otherwise it is skipped with a warning saying so.
     * ``inception_v3_google-*.pth`` -- torchvision's ImageNet weights: the same architecture with
       different weights; FIDs are close to but not identical with the standard ones.
+    * ``variant="torchmetrics"``: the same TF-ported weights (torch-fidelity's
+      ``weights-inception-2015-12-05-*.pth``, or pytorch-fid's file) run by torchmetrics' own
+      ``NoTrainInceptionV3`` -- the network of a maintained package rather than ours, fed uint8 images
+      as the package expects. Preferred by ``"auto"`` when torchmetrics and torch-fidelity are installed.
 
     ``variant="auto"`` takes the first that loads. Missing files raise ``FileNotFoundError``
     saying where to put them.
@@ -336,10 +346,33 @@ class InceptionFeatureExtractor(FeatureExtractor):
 
     def __init__(self, variant: str = "auto"):
         super().__init__()
-        if variant not in ("auto", "pytorch-fid", "torchvision"):
-            raise ValueError(f"unknown Inception variant {variant!r}; use 'auto', 'pytorch-fid' or 'torchvision'")
+        if variant not in ("auto", "torchmetrics", "pytorch-fid", "torchvision"):
+            raise ValueError(f"unknown Inception variant {variant!r}; use 'auto', 'torchmetrics', 'pytorch-fid' or "
+                             "'torchvision'")
         paths = inception_weights_paths()
         net = None
+        self.uint8_input = False
+        tf_path = paths["torch-fidelity"] or paths["pytorch-fid"]
+        if variant in ("auto", "torchmetrics") and tf_path is not None:
+            try:
+                from torchmetrics.image.fid import NoTrainInceptionV3
+
+                tm = NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(INCEPTION_DIM)],
+                                        feature_extractor_weights_path=str(tf_path))
+                self.net, self.variant, self.weights_path, self.uint8_input = tm, "torchmetrics", tf_path, True
+                self.name = "Inception-v3 pool3 (torchmetrics / torch-fidelity, TF FID weights; standard FID)"
+                for p in tm.parameters():
+                    p.requires_grad_(False)
+                self.dim, self.is_substitute, self.in_channels = INCEPTION_DIM, False, 3
+                super().train(False)
+                return
+            except (ImportError, ModuleNotFoundError, RuntimeError, OSError) as err:
+                err = str(err).strip().splitlines()[0][:300]
+                if variant == "torchmetrics":
+                    raise FileNotFoundError(f"torchmetrics' Inception could not load {tf_path}: {err}. "
+                                            + _missing_inception_message()) from None
+                warnings.warn(f"torchmetrics' Inception could not load {tf_path} ({err}); trying the others",
+                              UserWarning, stacklevel=2)
         if variant in ("auto", "pytorch-fid") and paths["pytorch-fid"] is not None:
             try:
                 net = _build_fid_inception(paths["pytorch-fid"])
@@ -373,6 +406,8 @@ class InceptionFeatureExtractor(FeatureExtractor):
         super().train(False)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
+        if self.uint8_input:  # torchmetrics' network resizes itself and takes 0..255 bytes, like saved images
+            return self.net(((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)).reshape(len(x), -1)
         x = F.interpolate(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False)
         return self.net(x)
 
