@@ -258,6 +258,57 @@ def _run_train_evaluator(args) -> dict:
     return report
 
 
+def _add_execute_notebook(sub) -> None:
+    p = sub.add_parser("execute-notebook",
+                       help="run a course notebook top to bottom in a fresh kernel and save its outputs in place")
+    p.add_argument("notebooks", nargs="+", help="paths of .ipynb files")
+    p.add_argument("--scale", default="laptop", choices=["smoke", "laptop", "gpu"])
+    p.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
+
+
+def _run_execute_notebook(args) -> dict:
+    """Execute with LDM_SCALE set and record scale, wall time and versions in the notebook's metadata
+    (``metadata["ldm_lite"]``), so a reader knows what produced the committed outputs (DESIGN §9)."""
+    import datetime
+    import os
+    import platform
+    import time
+    from pathlib import Path
+
+    import nbformat
+    import torch
+    from nbclient import NotebookClient
+
+    from ldm_lite.pretrained import _atomic_write
+
+    done = {}
+    for path in map(Path, args.notebooks):
+        if path.suffix != ".ipynb" or not path.exists():
+            raise SystemExit(f"{path}: not an existing .ipynb file")
+        nb = nbformat.read(path, as_version=4)
+        old = {k: os.environ.get(k) for k in ("LDM_SCALE", "TQDM_DISABLE")}
+        os.environ["LDM_SCALE"] = args.scale
+        os.environ["TQDM_DISABLE"] = "1"  # a widget bar stalls nbclient on long loops (closing note, session 1)
+        try:
+            t0 = time.perf_counter()
+            NotebookClient(nb, timeout=args.timeout, kernel_name="python3",
+                           resources={"metadata": {"path": str(path.parent)}}).execute()
+            wall = time.perf_counter() - t0
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        nb.metadata["ldm_lite"] = dict(scale=args.scale, wall_time_s=round(wall, 1), torch=torch.__version__,
+                                       python=platform.python_version(), cpu_threads=torch.get_num_threads(),
+                                       date=datetime.date.today().isoformat())
+        _atomic_write(path, lambda tmp: nbformat.write(nb, tmp))
+        done[str(path)] = round(wall, 1)
+        print(f"{path}: {args.scale} scale, {wall:.0f} s")
+    return done
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="ldm-lite", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -265,6 +316,7 @@ def main(argv=None) -> int:
     _add_train_ldm(sub)
     _add_sample(sub)
     _add_train_evaluator(sub)
+    _add_execute_notebook(sub)
     sub.add_parser("list-pretrained", help="list the checkpoints shipped in data/pretrained/")
     args = parser.parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]  # recorded in exported manifests
@@ -276,6 +328,8 @@ def main(argv=None) -> int:
         _run_sample(args)
     elif args.command == "train-evaluator":
         _run_train_evaluator(args)
+    elif args.command == "execute-notebook":
+        _run_execute_notebook(args)
     elif args.command == "list-pretrained":
         from ldm_lite.pretrained import list_pretrained
 
