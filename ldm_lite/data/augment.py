@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
+    """Random numbers on the CPU (where the seeded generator lives); callers move them to the images' device."""
     return lo + (hi - lo) * torch.rand(n, generator=g)
 
 
@@ -23,7 +24,8 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     radius = int(math.ceil(3 * float(sigma.max()))) if len(sigma) else 0
     if radius == 0:
         return x
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype)
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    sigma = sigma.to(x.device, x.dtype)
     k = torch.exp(-(t[None] ** 2) / (2 * sigma.clamp_min(1e-3)[:, None] ** 2))
     k = k / k.sum(1, keepdim=True)                                      # (B, K)
     B, C, H, W = x.shape
@@ -39,19 +41,24 @@ def random_degrade(x: torch.Tensor, strength: float = 1.0, generator: torch.Gene
     """Randomly degrade images ``(B, C, H, W)`` in [-1, 1]; ``strength`` in [0, 1] scales every range.
 
     At strength 1: blur sigma up to 1.2 px, noise std up to 0.15, brightness +-0.1, contrast and
-    saturation x(1 +- 0.25), and for a third of the images a trip through a 16-32 px grid. Each image
-    draws its own amounts (uniform up to the maximum), so a batch spans clean to fully degraded.
+    saturation x(1 +- 0.25), and for a third of the images a trip through a coarser grid (H/4 to H/2
+    pixels a side, one size per batch; 16-32 px for 64 px images). Each image draws its own blur, noise
+    and colour amounts (uniform up to the maximum), so a batch spans clean to fully degraded.
+    ``ae`` (an RGB autoencoder whose forward returns the reconstruction first) replaces a share
+    ``ae_prob`` of the images by their reconstructions first; grey images go through it as RGB.
     """
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     B, C, H, W = x.shape
     s = float(strength)
-    y = x.float()
+    device = x.device
+    y = x.detach().float().cpu()  # the seeded generator lives on the CPU; the result goes back to x's device
     if ae is not None and ae_prob > 0:
         pick = torch.rand(B, generator=g) < ae_prob
         if pick.any():
             with torch.no_grad():
-                rec = ae(y[pick] if C == 3 else y[pick].expand(-1, 3, -1, -1))
-                rec = rec[0] if isinstance(rec, (tuple, list)) else rec
+                ae_device = next(ae.parameters()).device
+                rec = ae((y[pick] if C == 3 else y[pick].expand(-1, 3, -1, -1)).to(ae_device))
+                rec = (rec[0] if isinstance(rec, (tuple, list)) else rec).float().cpu()
             y = y.clone()
             y[pick] = (rec if C == 3 else rec.mean(1, keepdim=True)).clamp(-1, 1)
     coarse = torch.rand(B, generator=g) < s / 3
@@ -69,7 +76,7 @@ def random_degrade(x: torch.Tensor, strength: float = 1.0, generator: torch.Gene
         grey = u.mean(1, keepdim=True)
         u = grey + (u - grey) * _uniform(B, 1 - 0.25 * s, 1 + 0.25 * s, g)[:, None, None, None]
     u = u + torch.randn(u.shape, generator=g) * _uniform(B, 0, 0.15 * s, g)[:, None, None, None]
-    return (u * 2 - 1).clamp(-1, 1)
+    return (u * 2 - 1).clamp(-1, 1).to(device)
 
 
 def random_affine(x: torch.Tensor, generator: torch.Generator, max_shift: float = 0.1, scale=(0.8, 1.0),
@@ -81,5 +88,6 @@ def random_affine(x: torch.Tensor, generator: torch.Generator, max_shift: float 
     sx = s * torch.where(torch.rand(B, generator=generator) < 0.5, -1.0, 1.0) if flip else s
     theta = torch.zeros(B, 2, 3)
     theta[:, 0, 0], theta[:, 1, 1], theta[:, 0, 2], theta[:, 1, 2] = sx, s, tx, ty
+    theta = theta.to(x.device, x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ldm_lite.data.shapes import COLORS, SHAPES, SIZES
-from ldm_lite.metrics.distances import bootstrap_interval
+from ldm_lite.metrics.distances import wilson_interval
 
 _OBJECT = re.compile(rf"\ba ({'|'.join(SIZES)}) ({'|'.join(COLORS)}) ({'|'.join(SHAPES)})\b")
 
@@ -59,9 +59,10 @@ def _detect(evaluator, images: torch.Tensor, batch_size: int = 128) -> list:
     if not torch.is_tensor(images) or images.dim() != 4:
         raise ValueError(f"images must be a (B, 3, H, W) tensor in [-1, 1]; got "
                          f"{tuple(images.shape) if torch.is_tensor(images) else type(images).__name__}")
+    device = next(evaluator.parameters()).device
     out = []
     for i in range(0, len(images), batch_size):
-        out += evaluator.detect(images[i : i + batch_size])
+        out += evaluator.detect(images[i : i + batch_size].to(device))
     return out
 
 
@@ -76,8 +77,10 @@ def _caption_hits(detections: list, captions: Sequence[str]) -> tuple[np.ndarray
     return np.array(hit, bool), np.array(hit_size, bool)
 
 
-def _summary(hits: np.ndarray, seed: int) -> dict:
-    lo, hi = bootstrap_interval(hits.astype(float), seed=seed)
+def _summary(hits: np.ndarray, seed: int = 0) -> dict:
+    """A share of successes with its 95 % Wilson interval (exact enough for the binary outcomes here)."""
+    hits = np.asarray(hits, bool)
+    lo, hi = wilson_interval(int(hits.sum()), len(hits))
     return dict(value=float(hits.mean()) if len(hits) else float("nan"), ci95=(lo, hi), n=int(len(hits)))
 
 
@@ -117,14 +120,15 @@ def caption_accuracy(images: torch.Tensor, captions: Sequence[str], evaluator=No
     counts = np.array([len(parse_caption(c)) for c in captions])
     out = dict(_summary(hit, seed), with_size=_summary(hit_size, seed), evaluator=ev.name,
                per_count={int(k): _summary(hit[counts == k], seed) for k in sorted(set(counts))})
-    out["floor"] = _summary(_caption_hits(det, _shuffled(captions, seed))[0], seed)
+    out["floor"] = (_summary(_caption_hits(det, _shuffled(captions, seed))[0], seed) if len(captions) > 1
+                    else dict(value=float("nan"), ci95=(float("nan"),) * 2, n=0))  # one image: nothing to shuffle
     if real_images is not None:
         if len(real_images) != len(images):
             raise ValueError(f"real_images must match images one to one; got {len(real_images)} and {len(images)}")
         out["ceiling"] = _summary(_caption_hits(_detect(ev, real_images), captions)[0], seed)
     if holdout:
         pairs = {(c, s) for c, s in holdout}
-        has = np.array([any((c, s) in pairs for _, c, s in parse_caption(cap)) for cap in captions])
+        has = np.array([any((c, s) in pairs for _, c, s in parse_caption(cap)) for cap in captions], dtype=bool)
         out["holdout"], out["seen"] = _summary(hit[has], seed), _summary(hit[~has], seed)
     return out
 
@@ -184,6 +188,8 @@ def layout_accuracy(images: torch.Tensor, boxes, labels, colors=None, evaluator=
     out["floor"] = _summary(_layout_hits(det, boxes[perm], labels[perm],
                                          [colors[p] for p in perm], iou_threshold), seed)
     if real_images is not None:
+        if len(real_images) != len(images):
+            raise ValueError(f"real_images must match images one to one; got {len(real_images)} and {len(images)}")
         out["ceiling"] = _summary(_layout_hits(_detect(ev, real_images), boxes, labels, colors, iou_threshold), seed)
     return out
 
@@ -202,7 +208,9 @@ def class_accuracy(images: torch.Tensor, labels, classifier=None, min_confidence
 
         classifier = load_evaluator("fashion")
     classifier.eval()
-    probs = torch.cat([classifier(images[i : i + batch_size]).softmax(1) for i in range(0, len(images), batch_size)])
+    device = next(classifier.parameters()).device
+    probs = torch.cat([classifier(images[i : i + batch_size].to(device)).softmax(1).cpu()
+                       for i in range(0, len(images), batch_size)])
     conf = (probs.max(1).values >= min_confidence).numpy()
     out = dict(confident=_summary(conf, seed), evaluator=getattr(classifier, "name", type(classifier).__name__))
     if labels is not None:

@@ -245,6 +245,20 @@ class StreamingFeatureStats:
 # ------------------------------------------------------------------------------------------------
 # Intervals: how sure is a number computed from n samples?
 # ------------------------------------------------------------------------------------------------
+def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (Wilson 1927): unlike the bootstrap it is not zero-width
+    when every trial succeeds (50 / 50 correct gives [0.93, 1.0], not [1.0, 1.0])."""
+    from scipy.stats import norm
+
+    if n == 0:
+        return (float("nan"), float("nan"))
+    z = float(norm.ppf(1 - (1 - level) / 2))
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
 def bootstrap_interval(values: Any, stat=np.mean, n_boot: int = 1000, seed: int = 0,
                        level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of ``stat`` over per-item ``values`` (resampled with replacement)."""
@@ -280,13 +294,14 @@ def set_metrics_with_intervals(real_feats: Any, fake_feats: Any, n_boot: int = 1
     if r.shape[1] != g.shape[1]:
         raise ValueError(f"feature dimensions differ: {r.shape[1]} and {g.shape[1]}")
 
-    def all_metrics(a, b, s):
-        ua, ub = np.unique(a, axis=0), np.unique(b, axis=0)
-        kid_val = kid_from_features(ua, ub, num_subsets=kid_subsets, subset_size=kid_subset_size, seed=s)[0]
-        p, rc = precision_recall(ua, ub, k=k) if min(len(ua), len(ub)) > k + 1 else (float("nan"),) * 2
+    def all_metrics(a, b, s, dedup=True):
+        ua, ub = (np.unique(a, axis=0), np.unique(b, axis=0)) if dedup else (a, b)
+        kid_val = (kid_from_features(ua, ub, num_subsets=kid_subsets, subset_size=kid_subset_size, seed=s)[0]
+                   if min(len(ua), len(ub)) >= 2 else float("nan"))
+        p, rc = precision_recall(ua, ub, k=k) if min(len(ua), len(ub)) >= k + 1 else (float("nan"),) * 2
         return dict(fid=fid_from_features(a, b), kid=kid_val, precision=p, recall=rc)
 
-    point = all_metrics(r, g, seed)
+    point = all_metrics(r, g, seed, dedup=False)  # the estimate itself: the sets as given
     rng = np.random.default_rng(seed)
     boots = {key: [] for key in point}
     with warnings.catch_warnings():

@@ -10,7 +10,8 @@ import torch
 from ldm_lite.metrics.distances import (
     StreamingFeatureStats, fid_from_features, kid_from_features, precision_recall, set_metrics_with_intervals,
 )
-from ldm_lite.metrics.features import FeatureExtractor, compute_features, get_feature_extractor
+from ldm_lite.metrics.distances import feature_statistics, frechet_distance
+from ldm_lite.metrics.features import FeatureExtractor, _image_of, compute_features, get_feature_extractor
 
 # ------------------------------------------------------------------------------------------------
 # Front doors: images or datasets in, labelled numbers out
@@ -115,6 +116,11 @@ def features_of(extractor: Any, images_or_features: Any, batch_size: int = 64, p
     return compute_features(ext, images_or_features, batch_size=batch_size, progress=progress).double().numpy()
 
 
+def _device_of(module) -> torch.device:
+    p = next(iter(module.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 def stream_features(extractor: Any, batches, keep: int = 5000, seed: int = 0,
                     progress: bool = False) -> StreamingFeatureStats:
     """Embed an iterable of image batches (e.g. a generator that samples a model batch by batch) into
@@ -128,7 +134,8 @@ def stream_features(extractor: Any, batches, keep: int = 5000, seed: int = 0,
         batches = tqdm(batches, desc="streaming features", leave=False)
     with torch.no_grad():
         for x in batches:
-            stats.update(ext(x).cpu())
+            x = _image_of(x)  # tensors, or dict batches from a DataLoader over an ldm_lite dataset
+            stats.update(ext(x.to(_device_of(ext))).cpu())
     return stats
 
 
@@ -145,7 +152,10 @@ def quality_report(samples: Any, reference: Any, train: Any = None, extractor: A
       ``ceiling_strength``): what clearly worse images score.
 
     ``samples``, ``reference`` and ``train`` are image tensors ``(N, C, H, W)`` in [-1, 1], datasets,
-    ``(N, d)`` feature arrays already computed with ``extractor``, or :class:`StreamingFeatureStats`.
+    ``(N, d)`` feature arrays already computed with ``extractor``, or (samples, reference) a
+    :class:`StreamingFeatureStats`: FID then uses the moments of the whole stream, KID and precision /
+    recall its kept uniform subsample. The floor and ceiling use as many training images as samples (all
+    of them when the training set is smaller; their n is in the result).
     Returns ``dict(samples={fid, kid, precision, recall: dict(value, ci95)}, floor=..., ceiling=...,
     feature, is_substitute, n_samples, n_reference, n_boot)``.
     """
@@ -154,12 +164,22 @@ def quality_report(samples: Any, reference: Any, train: Any = None, extractor: A
     ext = _resolve_extractor(extractor)
     ref = features_of(ext, reference, batch_size, progress)
     fake = features_of(ext, samples, batch_size, progress)
-    out = dict(feature=ext.name, is_substitute=ext.is_substitute, n_samples=len(fake), n_reference=len(ref),
-               n_boot=n_boot, samples=set_metrics_with_intervals(ref, fake, n_boot=n_boot, k=k, seed=seed))
+    scores = set_metrics_with_intervals(ref, fake, n_boot=n_boot, k=k, seed=seed)
+    n_samples = len(fake)
+    if isinstance(samples, StreamingFeatureStats) and samples.n > len(fake):
+        # FID from the moments of the whole stream; its interval is the kept subsample's spread placed around
+        # it (wider than the stream's own: conservative). KID and precision / recall use the subsample.
+        full = frechet_distance(samples.mean, samples.cov, *feature_statistics(ref))
+        lo, hi = scores["fid"]["ci95"]
+        scores["fid"] = dict(value=full, ci95=(full - (scores["fid"]["value"] - lo), full + (hi - scores["fid"]["value"])),
+                             note=f"moments of all {samples.n}; interval and KID / P / R from {len(fake)} kept rows")
+        n_samples = samples.n
+    out = dict(feature=ext.name, is_substitute=ext.is_substitute, n_samples=n_samples, n_reference=len(ref),
+               n_boot=n_boot, samples=scores)
     if train is not None:
         if _is_features(train):
             raise ValueError("train must be images (the ceiling degrades them), not features")
-        real = _take(train, len(fake), seed)
+        real = _take(train, min(n_samples, len(train)) if n_samples > len(train) else n_samples, seed)
         out["floor"] = set_metrics_with_intervals(ref, features_of(ext, real, batch_size), n_boot=n_boot, k=k, seed=seed)
         worse = random_degrade(real, ceiling_strength, torch.Generator().manual_seed(seed))
         out["ceiling"] = set_metrics_with_intervals(ref, features_of(ext, worse, batch_size), n_boot=n_boot, k=k,
@@ -177,7 +197,7 @@ def _take(images: Any, n: int, seed: int) -> torch.Tensor:
     idx = np.random.default_rng(seed).choice(size, n, replace=False)
     if torch.is_tensor(images):
         return images[torch.as_tensor(idx)]
-    return torch.stack([images[int(i)]["image"] if isinstance(images[int(i)], dict) else images[int(i)] for i in idx])
+    return torch.stack([_image_of(images[int(i)]) for i in idx])
 
 
 def format_report(report: dict, kid_scale: float = 1000.0) -> str:
