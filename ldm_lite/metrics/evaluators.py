@@ -231,6 +231,12 @@ class EmojiFeatureNet(nn.Module):
     course could train a classifier on do not exist offline. Contrastive learning needs none: two
     augmented views of the same emoji must land closer together than views of any other emoji, which
     makes the features describe what survives augmentation (outline, layout, colour areas).
+
+    *Which* augmentations matters for a quality metric: whatever the views vary, the features learn to
+    ignore. Trained with blur and noise among the views (``--augment 1``, shipped as
+    ``eval_openmoji_simclr_augmented`` to show this), the features score real images blurred with
+    sigma = 3 px exactly as well as sharp ones. The shipped ``eval_openmoji_simclr`` therefore uses
+    geometric views only (crop, shift, flip; ``--augment 0``) and sees blur and noise (chapter 08, 2.3).
     ``features`` is the 128-d backbone output (before the projection head, as SimCLR recommends).
     Images are resized to 32 px (an emoji's kind survives that; training costs a quarter of 64 px).
     """
