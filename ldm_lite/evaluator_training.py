@@ -181,17 +181,18 @@ def _emoji_step(model, data, recipe, g):
 
 
 @torch.no_grad()
-def evaluate_emoji(model, x_test=None, seed: int = 1234) -> dict:
-    """Held-out retrieval: for each held-out emoji, does one augmented view find its own clean image
-    (nearest by cosine) among all held-out emoji? (chance: 1 / n)."""
+def evaluate_emoji(model, x_test=None, seed: int = 1234, strength: float = 1.0) -> dict:
+    """Held-out retrieval: for each held-out emoji, does one augmented view (the training views, with
+    :func:`random_degrade` at ``strength``) find its own clean image (nearest by cosine) among all
+    held-out emoji? (chance: 1 / n)."""
     if x_test is None:
         x_test = _emoji_data(None)["x_test"]
     model.eval()
     g = torch.Generator().manual_seed(seed)
     a = F.normalize(model.features(x_test), dim=1)
-    b = F.normalize(model.features(emoji_views(x_test, g)), dim=1)
+    b = F.normalize(model.features(emoji_views(x_test, g, strength)), dim=1)
     top1 = (b @ a.T).argmax(1) == torch.arange(len(x_test))
-    return dict(retrieval_top1=float(top1.float().mean()), n=len(x_test), chance=1 / len(x_test))
+    return dict(retrieval_top1=float(top1.float().mean()), n=len(x_test), chance=1 / len(x_test), view_strength=strength)
 
 
 # ------------------------------------------------------------------ the loop
@@ -256,7 +257,7 @@ def train_evaluator(recipe: EvaluatorRecipe, export: str | None = None, progress
 
         metrics = shapes_heldout_accuracy(model, n=recipe.eval_n)
     else:
-        metrics = dict(heldout=evaluate_emoji(model, data["x_test"]))
+        metrics = dict(heldout=evaluate_emoji(model, data["x_test"], strength=recipe.augment))
     report["metrics"] = metrics
     if export:
         report["exported"] = save()

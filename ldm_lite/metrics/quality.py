@@ -212,8 +212,8 @@ def format_report(report: dict, kid_scale: float = 1000.0) -> str:
     lines = [f"features: {report['feature']}",
              f"reference: {report['n_reference']} held-out real images; n = {report['n_samples']} per row; "
              f"bootstrap 95% intervals ({report['n_boot']} resamples)",
-             f"{'':<22}{'FID':<24}{f'KID x{kid_scale:g}':<24}{'precision':<22}{'recall':<22}"]
+             f"{'':<24}{'FID':<24}{f'KID x{kid_scale:g}':<24}{'precision':<22}{'recall':<22}"]
     for name, m in rows:
-        lines.append(f"{name:<22}{cell(m['fid']):<24}{cell(m['kid'], kid_scale):<24}"
+        lines.append(f"{name:<24}{cell(m['fid']):<24}{cell(m['kid'], kid_scale):<24}"
                      f"{cell(m['precision'], fmt='.2f'):<22}{cell(m['recall'], fmt='.2f'):<22}")
     return "\n".join(lines)
