@@ -234,7 +234,8 @@ def _add_train_evaluator(sub) -> None:
     p.add_argument("--augment", type=float, default=d.augment, help="augmentation strength in [0, 1]")
     p.add_argument("--ae", default=None, help="autoencoder whose reconstructions join the augmentations")
     p.add_argument("--ae-prob", type=float, default=d.ae_prob)
-    p.add_argument("--eval-n", type=int, default=d.eval_n, help="held-out images for the final score (shapes)")
+    p.add_argument("--eval-n", type=int, default=d.eval_n,
+                   help="held-out images for the final score (default: 1,000 shapes renders / all Fashion test images)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--export", default=None, help="name under data/pretrained/ or a path")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")

@@ -317,6 +317,8 @@ def set_metrics_with_intervals(real_feats: Any, fake_feats: Any, n_boot: int = 1
         if key == "fid":
             med = float(np.nanmedian(boots[key]))
             lo, hi = point[key] - (med - lo), point[key] + (hi - med)
+        # with few resamples a percentile interval can miss its own estimate: never report one that does
+        lo, hi = min(lo, point[key]), max(hi, point[key])
         out[key] = dict(value=point[key], ci95=(lo, hi))
     out.update(n_real=len(r), n_fake=len(g), n_boot=n_boot)
     return out
