@@ -228,3 +228,15 @@ def test_shipped_sample_set_is_what_the_shipped_model_draws():
                          generator=torch.Generator().manual_seed(man["seed"]), progress=False)
     stored = _sample_set("ldm_openmoji64_ddim50")[: man["batch_size"]]
     assert (x.clamp(-1, 1) - stored).abs().max() < 2 / 127.5 + 1e-4
+
+
+def test_low_rank_fid_equals_the_matrix_square_root():
+    """Fewer samples than dimensions: the nuclear-norm FID equals the sqrtm formula."""
+    from ldm_lite.metrics.distances import _fid_low_rank, frechet_distance
+
+    rng = np.random.default_rng(6)
+    a, b = rng.normal(size=(40, 90)), rng.normal(size=(60, 90)) * 1.1 + 0.2
+    assert M.fid_from_features(a, b) == pytest.approx(
+        frechet_distance(*feature_statistics(a), *feature_statistics(b)), rel=1e-6)
+    assert _fid_low_rank(a, b) == pytest.approx(frechet_distance(*feature_statistics(a), *feature_statistics(b)),
+                                                rel=1e-6)

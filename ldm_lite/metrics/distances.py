@@ -77,7 +77,25 @@ def fid_from_features(f1: Any, f2: Any) -> float:
     a, b = _as_features(f1, "f1"), _as_features(f2, "f2")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"feature dimensions differ: {a.shape[1]} and {b.shape[1]}")
+    if a.shape[1] > max(len(a), len(b)):
+        return _fid_low_rank(a, b)
     return frechet_distance(*feature_statistics(a), *feature_statistics(b))
+
+
+def _fid_low_rank(a: np.ndarray, b: np.ndarray) -> float:
+    """FID when there are fewer samples than dimensions (e.g. 256 samples of 1,280-d features).
+
+    With centred, scaled data matrices ``A = (a - mu_a)^T / sqrt(n_a - 1)`` (d x n_a) and ``B`` likewise,
+    ``sigma_a = A A^T`` and ``sigma_b = B B^T``. The non-zero eigenvalues of ``sigma_a sigma_b`` are those
+    of ``(A^T B)(A^T B)^T``, so ``Tr (sigma_a sigma_b)^(1/2)`` is the sum of the singular values of the
+    small n_a x n_b matrix ``A^T B`` (its nuclear norm): exact, and an n x n SVD instead of a d x d
+    matrix square root (seconds -> milliseconds at d = 1,280).
+    """
+    A = (a - a.mean(0)) / np.sqrt(len(a) - 1)
+    B = (b - b.mean(0)) / np.sqrt(len(b) - 1)
+    diff = a.mean(0) - b.mean(0)
+    tr_sqrt = np.linalg.svd(A @ B.T, compute_uv=False).sum()
+    return float(diff @ diff + (A * A).sum() + (B * B).sum() - 2.0 * tr_sqrt)
 
 
 def _polynomial_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
