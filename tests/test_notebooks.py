@@ -46,7 +46,7 @@ def test_notebook_runs_at_smoke_scale(path, monkeypatch):
 
 # Notebooks whose committed outputs were produced by `ldm-lite execute-notebook` (DESIGN §9). The older
 # chapters predate the command; add each one here when it is re-executed with it.
-EXECUTED_BY_SCRIPT = ("05_samplers", "08_evaluation")
+EXECUTED_BY_SCRIPT = ("01_perceptual_autoencoder", "05_samplers", "08_evaluation")
 
 
 @pytest.mark.parametrize("stem", EXECUTED_BY_SCRIPT)
