@@ -287,9 +287,11 @@ def _run_execute_notebook(args) -> dict:
         if path.suffix != ".ipynb" or not path.exists():
             raise SystemExit(f"{path}: not an existing .ipynb file")
         nb = nbformat.read(path, as_version=4)
-        old = {k: os.environ.get(k) for k in ("LDM_SCALE", "TQDM_DISABLE")}
+        old = {k: os.environ.get(k) for k in ("LDM_SCALE", "LDM_PROGRESS")}
         os.environ["LDM_SCALE"] = args.scale
-        os.environ["TQDM_DISABLE"] = "1"  # a widget bar stalls nbclient on long loops (closing note, session 1)
+        # widget bars are never saved (committed outputs would show them frozen at 0/N) and stalled nbclient on
+        # long loops (session 1): one summary line per finished bar instead (ldm_lite/progress.py)
+        os.environ["LDM_PROGRESS"] = "summary"
         try:
             t0 = time.perf_counter()
             NotebookClient(nb, timeout=args.timeout, kernel_name="python3",

@@ -203,7 +203,7 @@ def train_evaluator(recipe: EvaluatorRecipe, export: str | None = None, progress
                     command: str | None = None, log_every: int = 100) -> tuple[torch.nn.Module, dict]:
     """Train the recipe's network; measure it on held-out data; export it (``export=`` a name for
     ``data/pretrained/`` or a path). Returns ``(model, report)``."""
-    from tqdm.auto import tqdm
+    from ldm_lite.progress import progress as tqdm
 
     torch.manual_seed(recipe.seed)
     g = torch.Generator().manual_seed(recipe.seed)

@@ -782,7 +782,7 @@ class LatentDiffusion(nn.Module):
         has the same scale. The latents are deterministic with ``posterior="mode"``; with ``"sample"``
         each image keeps the one sample drawn here.
         """
-        from tqdm.auto import tqdm
+        from ldm_lite.progress import progress as tqdm
 
         if keys is None:
             if self.cond_key is None:

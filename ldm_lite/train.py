@@ -129,7 +129,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
-from tqdm.auto import tqdm
+from ldm_lite.progress import progress as tqdm
 
 __all__ = [
     "TrainConfig",

@@ -27,3 +27,22 @@ def test_08_evaluation_solutions_pass_the_notebook_checks():
     expected = M.kid_from_features(f_ref[:m], f_good[:m], num_subsets=1, subset_size=m)[0]
     assert abs(sol.kid_unbiased(f_ref[:m], f_good[:m]) - expected) < 1e-6 * max(1, abs(expected))
     assert abs(sol.my_recall(f_ref, f_good) - M.precision_recall(f_ref, f_good)[1]) < 1e-9
+
+
+def test_progress_summary_mode_prints_one_line(monkeypatch, capsys):
+    from ldm_lite.progress import progress
+
+    monkeypatch.setenv("LDM_PROGRESS", "summary")
+    bar = progress(range(5), desc="train")
+    for _ in bar:
+        bar.set_postfix(loss="0.1")
+    bar.close()
+    for _ in progress(range(3), desc="sampling", leave=False):  # transient bars print nothing
+        pass
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith("train: 5/5 in ") and "loss=0.1" in out[0]
+    monkeypatch.setenv("LDM_PROGRESS", "sideways")
+    import pytest
+
+    with pytest.raises(ValueError, match="LDM_PROGRESS"):
+        progress(range(2))

@@ -135,7 +135,7 @@ def _cache_path(size: int, skin_tones: bool, limit: int | None) -> str:
 
 
 def _render_all(size: int, skin_tones: bool, limit: int | None, progress: bool):
-    from tqdm.auto import tqdm
+    from ldm_lite.progress import progress as tqdm
 
     folder = openmoji_svg_dir()
     index = openmoji_index(skin_tones)[:limit]

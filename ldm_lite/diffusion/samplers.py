@@ -55,7 +55,7 @@ import math
 from typing import Any, Callable, Sequence
 
 import torch
-from tqdm.auto import tqdm
+from ldm_lite.progress import progress as tqdm
 
 from ldm_lite.diffusion.guidance import guided_model_fn
 from ldm_lite.diffusion.schedule import PARAMETERIZATIONS, NoiseSchedule, make_ddim_timesteps

@@ -622,7 +622,7 @@ def compute_features(extractor: FeatureExtractor | str, images_or_dataset: Any, 
     extractor = get_feature_extractor(extractor) if isinstance(extractor, str) else extractor
     batches = _iter_image_batches(images_or_dataset, batch_size, limit)
     if progress:
-        from tqdm.auto import tqdm
+        from ldm_lite.progress import progress as tqdm
 
         batches = tqdm(batches, desc=f"features ({extractor.name[:40]})", leave=False)
     device = _module_device(extractor, "cpu")

@@ -129,7 +129,7 @@ def stream_features(extractor: Any, batches, keep: int = 5000, seed: int = 0,
     ext = _resolve_extractor(extractor)
     stats = StreamingFeatureStats(keep=keep, seed=seed)
     if progress:
-        from tqdm.auto import tqdm
+        from ldm_lite.progress import progress as tqdm
 
         batches = tqdm(batches, desc="streaming features", leave=False)
     with torch.no_grad():
