@@ -90,13 +90,24 @@ def _add_train_ldm(sub) -> None:
     p.add_argument("--first-stage", default=d.first_stage,
                    help="auto | pixel | a shipped autoencoder's name | a checkpoint path")
     p.add_argument("--train-images", type=int, default=d.train_images, help="number of training images")
-    p.add_argument("--cond", choices=["none", "class"], default="none", help="class: the dataset's labels (adm)")
+    p.add_argument("--cond", choices=["none", "class", "class-adm", "text", "text-frozen", "layout"], default="none",
+                   help="class: labels via a ClassEmbedder into cross-attention; class-adm: labels added to the time "
+                        "embedding; text: captions via a transformer trained with the UNet; text-frozen: captions via "
+                        "a frozen encoder (--text-encoder); layout: boxes + classes (shapes)")
+    p.add_argument("--cond-dim", type=int, default=d.cond_dim, help="width of a trained cond stage")
+    p.add_argument("--cond-depth", type=int, default=d.cond_depth, help="transformer blocks of a trained cond stage")
+    p.add_argument("--text-encoder", default=d.text_encoder,
+                   help="--cond text-frozen: minilm (offline) | openai/clip-vit-large-patch14 (if cached) | a folder")
+    p.add_argument("--holdout", default="", help="shapes: 'colour shape' pairs never trained on, e.g. "
+                                                 "'purple triangle,green cross'")
     p.add_argument("--model-channels", type=int, default=d.model_channels)
     p.add_argument("--channel-mult", type=_tuple, default=d.channel_mult, help="e.g. 1,2,2")
     p.add_argument("--num-res-blocks", type=int, default=d.num_res_blocks)
     p.add_argument("--attention-resolutions", type=_tuple, default=d.attention_resolutions,
                    help="downsampling rates with attention, e.g. 2,4")
     p.add_argument("--num-head-channels", type=int, default=d.num_head_channels)
+    p.add_argument("--norm-num-groups", type=int, default=d.norm_num_groups,
+                   help="GroupNorm groups (must divide every level's channels)")
     p.add_argument("--parameterization", choices=["eps", "x0", "v"], default=d.parameterization)
     p.add_argument("--weighting", choices=["none", "min_snr"], default="none")
     p.add_argument("--no-scale-by-std", action="store_true", help="keep scale_factor (default: estimate 1/std)")
@@ -124,8 +135,10 @@ def _run_train_ldm(args) -> dict:
         cond=None if args.cond == "none" else args.cond, model_channels=args.model_channels,
         channel_mult=args.channel_mult, num_res_blocks=args.num_res_blocks,
         attention_resolutions=args.attention_resolutions, num_head_channels=args.num_head_channels,
-        parameterization=args.parameterization, weighting=None if args.weighting == "none" else args.weighting,
+        norm_num_groups=args.norm_num_groups, parameterization=args.parameterization, weighting=None if args.weighting == "none" else args.weighting,
         scale_by_std=not args.no_scale_by_std, scale_factor=args.scale_factor, cond_drop_prob=args.cond_drop_prob,
+        cond_dim=args.cond_dim, cond_depth=args.cond_depth, text_encoder=args.text_encoder,
+        holdout=tuple(h.strip() for h in args.holdout.split(",") if h.strip()),
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, lr_warmup_steps=args.lr_warmup_steps,
         lr_schedule=args.lr_schedule, ema_decay=args.ema_decay or None, seed=args.seed,
     )
@@ -149,6 +162,12 @@ def _add_sample(sub) -> None:
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
     p.add_argument("--label", type=_tuple, default=None,
                    help="class label(s) for a class-conditional model, e.g. 3 or 0,1,2,3 (repeated to --n)")
+    p.add_argument("--prompt", action="append", default=None,
+                   help="caption for a text-conditional model, e.g. 'a big red circle left of a small blue square' "
+                        "(repeat --prompt for several; repeated to --n)")
+    p.add_argument("--layout", default=None,
+                   help='JSON file for a layout model: a list of objects {"box": [x0, y0, x1, y1] (fractions), '
+                        '"shape": ..., "color": ..., "size": ...}, or a list of such lists (repeated to --n)')
     p.add_argument("--latent-size", type=int, default=None, help="latent side; larger than training = bigger images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--nrow", type=int, default=None)
@@ -185,11 +204,48 @@ def _run_sample(args) -> dict:
         if args.threads < 1:
             raise SystemExit(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    given = [name for name, v in (("--label", args.label), ("--prompt", args.prompt), ("--layout", args.layout))
+             if v is not None]
+    if len(given) > 1:
+        raise SystemExit(f"give one condition, not {' and '.join(given)}")
+    layouts = None
+    if args.layout is not None:  # read and check the file before loading the model
+        from ldm_lite.conditioning import layout_from_objects
+
+        try:
+            spec = json.loads(Path(args.layout).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise SystemExit(f"--layout {args.layout!r}: cannot read a JSON layout ({err})") from err
+        spec = [spec] if isinstance(spec, dict) or (spec and isinstance(spec[0], dict)) else spec
+        try:
+            layouts = [layout_from_objects(objs) for objs in spec]
+        except (ValueError, TypeError, KeyError) as err:
+            raise SystemExit(f"--layout {args.layout!r}: {err}") from err
+    manifest = _manifest_of(args.model)
+    ldm_cfg = manifest.get("ldm", {})
+    key, cond_key = ldm_cfg.get("conditioning_key"), ldm_cfg.get("cond_key")
+    if key is None and (given or args.guidance != 1.0):
+        raise SystemExit(f"{args.model} is unconditional: sample it without {' '.join(given) or '--guidance'}")
+    wants = {"caption": "--prompt", "layout": "--layout", "label": "--label"}.get(cond_key)
+    if given and wants and given[0] != wants:
+        raise SystemExit(f"{args.model} is conditioned on its {cond_key!r}: use {wants}, not {given[0]}")
     model = load_ldm(args.model, device=device())
+
+    def repeat(items):
+        return (list(items) * -(-args.n // len(items)))[: args.n]
+
     cond = None
     if args.label is not None:
-        reps = -(-args.n // len(args.label))
-        cond = torch.tensor((list(args.label) * reps)[: args.n])
+        cond = torch.tensor(repeat(args.label))
+    elif args.prompt is not None:
+        cond = repeat(args.prompt)
+    elif layouts is not None:
+        cond = torch.stack(repeat(layouts))
+    if cond is not None:
+        try:  # an out-of-range label, an over-long prompt ... fails here, before any sampling
+            model.get_learned_conditioning(cond)
+        except (ValueError, TypeError) as err:
+            raise SystemExit(f"{args.model}: {err}") from err
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(args.seed)  # one stream across batches (same --batch-size, same images)
     chunks = []
@@ -212,6 +268,7 @@ def _run_sample(args) -> dict:
 
         save_npz_atomic(str(out), compress=True, images=to_uint8(images))
         manifest = dict(kind="samples", model=args.model, n=args.n, sampler=args.sampler, steps=args.steps,
+                        prompt=args.prompt, label=list(args.label) if args.label else None, layout=args.layout,
                         eta=args.eta, guidance=args.guidance, seed=args.seed, batch_size=args.batch_size,
                         seconds=summary["seconds"], threads=torch.get_num_threads(),
                         command="ldm-lite " + " ".join(shlex.quote(a) for a in args.argv),

@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -23,21 +24,30 @@ from ldm_lite.train import TrainConfig, Trainer
 DATASETS = ("openmoji", "shapes", "fashion", "photos")
 
 
-def load_dataset(name: str, size: int, split: str = "train", seed: int = 0, length: int | None = None):
+def load_dataset(name: str, size: int, split: str = "train", seed: int = 0, length: int | None = None,
+                 holdout: Sequence[str] = ()):
     """A dataset by name -- ``openmoji``, ``shapes``, ``fashion``, ``photos`` -- or a folder path.
 
     ``split`` is ``"train"`` or ``"test"`` (held out: OpenMoji's fixed 10 %, Fashion-MNIST's test set,
     another seed of shapes / photo crops). Every sample is a dict with ``image`` in [-1, 1].
+    ``holdout`` (shapes only): ``"colour shape"`` pairs, e.g. ``("purple triangle", "green cross")``, that
+    never appear in the training split (the test split keeps them, to test new compositions).
     """
     from ldm_lite import data
 
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if "+" in name:
+        return _load_mixture(name, size, split, seed, length)
     if name == "openmoji":
         return data.load_openmoji(size=size, split=split)
+    pairs = parse_holdout(holdout)
+    if pairs and name != "shapes":
+        raise ValueError(f"holdout pairs are a ShapesDataset option; {name!r} has no (colour, shape) labels")
     if name == "shapes":
         return data.ShapesDataset(size=size, length=length or (50_000 if split == "train" else 1_000),
-                                  seed=seed if split == "train" else seed + 10_000)
+                                  seed=seed if split == "train" else seed + 10_000,
+                                  holdout=pairs if split == "train" else ())
     if name == "fashion":
         return data.load_fashion_mnist(split, size=size, channels=3)
     if name == "photos":
@@ -47,6 +57,63 @@ def load_dataset(name: str, size: int, split: str = "train", seed: int = 0, leng
     if path.is_dir():
         return data.ImageFolderDataset(path, size=size)
     raise ValueError(f"unknown dataset {name!r}: use one of {DATASETS} or the path of an image folder")
+
+
+def parse_holdout(holdout: Sequence[str]) -> list[tuple[str, str]]:
+    """``["purple triangle", ...]`` (or ``("purple", "triangle")`` pairs) -> ``[("purple", "triangle"), ...]``."""
+    from ldm_lite.data.shapes import COLORS, SHAPES
+
+    out = []
+    for item in holdout or ():
+        pair = tuple(item.split()) if isinstance(item, str) else tuple(item)
+        if len(pair) != 2 or pair[0] not in COLORS or pair[1] not in SHAPES:
+            raise ValueError(f"holdout pair {item!r} must be 'colour shape' with colour in {COLORS} and shape in {SHAPES}")
+        out.append(pair)
+    return out
+
+
+def _parse_part(part: str, size: int) -> tuple[str, int]:
+    name, _, at = part.partition("@")
+    if at and not at.isdigit():
+        raise ValueError(f"dataset part {part!r}: write name@size with an integer size, e.g. fashion@32")
+    return name, int(at) if at else size
+
+
+class ImageMixture(torch.utils.data.Dataset):
+    """Several image datasets one after another, each item reduced to ``{"image", "index"}`` (their other
+    fields differ, and a batch mixing them must collate). Used to train *one* first stage for several
+    datasets -- the paper's point that a first stage is trained once and reused (Sec. 3.1)."""
+
+    def __init__(self, parts: dict):
+        self.parts = parts
+        self.offsets, total = [], 0
+        for ds in parts.values():
+            self.offsets.append(total)
+            total += len(ds)
+        self.total = total
+
+    def __len__(self):
+        return self.total
+
+    def __getitem__(self, i):
+        if not 0 <= i < self.total:
+            raise IndexError(f"index {i} out of range for a mixture of {self.total} images")
+        k = max(j for j, off in enumerate(self.offsets) if off <= i)
+        ds = list(self.parts.values())[k]
+        return {"image": ds[i - self.offsets[k]]["image"], "index": i}
+
+    def __repr__(self):
+        return "ImageMixture(" + ", ".join(f"{k}: {len(v)}" for k, v in self.parts.items()) + ")"
+
+
+def _load_mixture(name: str, size: int, split: str, seed: int, length: int | None):
+    """``"shapes+fashion@32"``: shapes at ``size`` and Fashion-MNIST at 32 px, as one training set. The held-out
+    split of a mixture is its *first* part's (image sizes may differ, and evaluation stacks images)."""
+    parts = [_parse_part(p, size) for p in name.split("+")]
+    if split == "test":
+        first, first_size = parts[0]
+        return load_dataset(first, first_size, "test", seed=seed, length=length)
+    return ImageMixture({f"{n}@{s}": load_dataset(n, s, "train", seed=seed, length=length) for n, s in parts})
 
 
 class RandomCrops(torch.utils.data.Dataset):
@@ -205,6 +272,9 @@ def train_autoencoder(recipe: AERecipe, out_dir: str | None = None, ckpt_every: 
 # --------------------------------------------------------------------------------------------------
 # Latent diffusion (chapters 04, 06, 07): a UNet trained in the latent space of a frozen autoencoder
 # --------------------------------------------------------------------------------------------------
+CONDS = (None, "class", "class-adm", "text", "text-frozen", "layout")
+
+
 @dataclass
 class LDMRecipe:
     """Hyper-parameters of a latent (or pixel-space) diffusion run. Defaults: small, CPU-friendly.
@@ -213,10 +283,25 @@ class LDMRecipe:
     same code) or ``"auto"`` (the shipped autoencoder trained on ``data`` at ``size``, KL f=4 preferred).
     ``train_images``: how many training images (procedural data: how many are generated; other
     datasets: the first N); ``None`` = the dataset's own size (50,000 for shapes).
-    ``cond``: ``None`` (unconditional) or ``"class"`` (the dataset's ``label`` through the UNet's class
-    embedding, ``conditioning_key="adm"``, with a null class ``num_classes`` for classifier-free
-    guidance). Other conditionings (text, layout, concat) pass a ``cond_stage`` to :func:`train_ldm` and
-    set ``conditioning_key`` / ``cond_key`` / ``context_dim`` / ``unconditional_value`` here.
+    ``cond`` -- what the model is conditioned on (Sec. 3.3), with the null condition of classifier-free
+    guidance dropped in with probability ``cond_drop_prob``:
+
+    ================  ======================================================================================
+    ``None``          unconditional
+    ``"class"``       the dataset's ``label`` through a :class:`~ldm_lite.conditioning.ClassEmbedder` into
+                      cross-attention (the paper's ImageNet model); null = an extra class
+    ``"class-adm"``   the label through the UNet's class embedding added to the time embedding (ADM)
+    ``"text"``        the ``caption`` through a :class:`~ldm_lite.conditioning.TransformerEmbedder` trained
+                      with the UNet (the paper's text-to-image model); null = ``""``
+    ``"text-frozen"`` the ``caption`` through a frozen :class:`~ldm_lite.conditioning.FrozenTextEncoder`
+                      (``text_encoder``: MiniLM offline, or CLIP when present); null = ``""``
+    ``"layout"``      the ``layout`` (boxes + classes) through a :class:`~ldm_lite.conditioning.LayoutEmbedder`
+                      (the paper's layout-to-image model); null = the empty layout
+    ================  ======================================================================================
+
+    ``cond_dim`` / ``cond_depth``: width and depth of a trained cond stage. ``holdout``: ``"colour shape"``
+    pairs kept out of the shapes training set. Other conditionings (concat ...) pass a ``cond_stage`` to
+    :func:`train_ldm` and set ``conditioning_key`` / ``cond_key`` / ``context_dim`` / ``unconditional_value``.
     The UNet fields are :class:`ldm_lite.unet.UNetModel`'s; the schedule is the LDM one.
     """
 
@@ -250,6 +335,11 @@ class LDMRecipe:
     scale_factor: float = 1.0
     posterior: str = "mode"
     cond_drop_prob: float = 0.1
+    cond_dim: int = 128
+    cond_depth: int = 2
+    text_encoder: str = "minilm"
+    max_length: int = 32
+    holdout: tuple[str, ...] = ()
     steps: int = 3000
     batch_size: int = 32
     lr: float = 2e-4
@@ -262,11 +352,14 @@ class LDMRecipe:
     def __post_init__(self):
         self.channel_mult = tuple(self.channel_mult)
         self.attention_resolutions = tuple(self.attention_resolutions)
-        if self.cond not in (None, "class"):
+        self.holdout = tuple(self.holdout)
+        if self.cond not in CONDS:
             raise ValueError(
-                f"LDMRecipe.cond must be None or 'class', got {self.cond!r}; for text, layout or spatial "
-                "conditions pass cond_stage=... to train_ldm and set conditioning_key / cond_key"
+                f"LDMRecipe.cond must be one of {CONDS}, got {self.cond!r}; for spatial conditions (concat) "
+                "pass cond_stage=... to train_ldm and set conditioning_key / cond_key"
             )
+        if self.cond == "layout" and self.data != "shapes":
+            raise ValueError(f"cond='layout' needs boxes with classes: use data='shapes' (got {self.data!r})")
 
     def schedule_config(self) -> dict:
         return dict(schedule=self.schedule, n_timestep=self.timesteps, linear_start=self.linear_start,
@@ -288,8 +381,12 @@ def find_autoencoder(data: str, size: int) -> str:
     """The name of the shipped autoencoder trained on ``data`` at ``size`` (KL f=4 preferred)."""
     from ldm_lite.pretrained import list_pretrained
 
-    found = [m for m in list_pretrained() if m.get("kind") == "autoencoder"
-             and m.get("data", {}).get("name") == data and m.get("data", {}).get("size") == size]
+    def trained_on(m) -> bool:
+        d = m.get("data", {})
+        parts = [_parse_part(p, d.get("size")) for p in str(d.get("name", "")).split("+")]
+        return (data, size) in parts
+
+    found = [m for m in list_pretrained() if m.get("kind") == "autoencoder" and trained_on(m)]
     if not found:
         raise FileNotFoundError(
             f"no shipped autoencoder for data={data!r} at size {size} in data/pretrained/; train one with "
@@ -318,10 +415,42 @@ def _resolve_first_stage(recipe: LDMRecipe, first_stage):
     return load_autoencoder(base), name
 
 
+def make_cond_stage(recipe: LDMRecipe, num_classes: int | None = None, vocabulary: Sequence[int] | None = None):
+    """The cond stage of ``recipe.cond`` and how it enters the model: ``(module, settings)`` with settings
+    ``conditioning_key``, ``cond_key``, ``context_dim``, ``unconditional_value``, ``cond_stage_trainable``."""
+    from ldm_lite.conditioning import ClassEmbedder, FrozenTextEncoder, LayoutEmbedder, TransformerEmbedder
+    from ldm_lite.data.shapes import MAX_OBJECTS
+
+    cond = recipe.cond
+    if cond == "class":
+        if num_classes is None:
+            raise ValueError("cond='class' needs the number of classes: set LDMRecipe.num_classes")
+        module = ClassEmbedder(num_classes, recipe.cond_dim)
+        return module, dict(conditioning_key="crossattn", cond_key=recipe.cond_key or "label",
+                            context_dim=recipe.cond_dim, unconditional_value=module.null_class,
+                            cond_stage_trainable=True)
+    if cond == "text":
+        module = TransformerEmbedder(recipe.cond_dim, depth=recipe.cond_depth, max_length=recipe.max_length,
+                                     vocabulary=vocabulary)
+        return module, dict(conditioning_key="crossattn", cond_key=recipe.cond_key or "caption",
+                            context_dim=recipe.cond_dim, unconditional_value="", cond_stage_trainable=True)
+    if cond == "text-frozen":
+        module = FrozenTextEncoder(recipe.text_encoder, max_length=recipe.max_length)
+        return module, dict(conditioning_key="crossattn", cond_key=recipe.cond_key or "caption",
+                            context_dim=module.embed_dim, unconditional_value="", cond_stage_trainable=False)
+    if cond == "layout":
+        module = LayoutEmbedder(embed_dim=recipe.cond_dim, depth=max(1, recipe.cond_depth - 1))
+        return module, dict(conditioning_key="crossattn", cond_key=recipe.cond_key or "layout",
+                            context_dim=recipe.cond_dim, unconditional_value=LayoutEmbedder.empty(MAX_OBJECTS),
+                            cond_stage_trainable=True)
+    raise ValueError(f"recipe.cond={cond!r} has no cond stage")
+
+
 def build_ldm(recipe: LDMRecipe, first_stage=None, cond_stage: torch.nn.Module | None = None,
-              num_classes: int | None = None):
+              num_classes: int | None = None, vocabulary: Sequence[int] | None = None):
     """The :class:`~ldm_lite.ldm.LatentDiffusion` of a recipe: first stage (module, ``"pixel"``, name),
-    a UNet sized for its latents, the conditioning and the schedule. ``num_classes`` for ``cond="class"``."""
+    a UNet sized for its latents, the conditioning and the schedule. ``num_classes`` for ``cond="class"``;
+    ``vocabulary`` (WordPiece ids to keep) for ``cond="text"``."""
     from ldm_lite.diffusion import NoiseSchedule
     from ldm_lite.ldm import LatentDiffusion
     from ldm_lite.unet import UNetModel
@@ -333,9 +462,17 @@ def build_ldm(recipe: LDMRecipe, first_stage=None, cond_stage: torch.nn.Module |
     kw = dict(conditioning_key=recipe.conditioning_key, cond_key=recipe.cond_key,
               unconditional_value=recipe.unconditional_value, cond_stage_trainable=recipe.cond_stage_trainable)
     unet_classes, context_dim, in_ch = None, recipe.context_dim, latent_ch
-    if recipe.cond == "class":
+    if recipe.cond in ("class", "text", "text-frozen", "layout"):
+        if cond_stage is not None:
+            raise ValueError(f"recipe.cond={recipe.cond!r} builds its own cond stage; pass cond_stage=None "
+                             "(or recipe.cond=None with conditioning_key / cond_key / context_dim for your own)")
+        cond_stage, settings = make_cond_stage(recipe, num_classes, vocabulary)
+        kw.update({k: settings[k] for k in ("conditioning_key", "cond_key", "unconditional_value",
+                                            "cond_stage_trainable")})
+        context_dim = settings["context_dim"]
+    if recipe.cond == "class-adm":
         if num_classes is None:
-            raise ValueError("cond='class' needs the number of classes: set LDMRecipe.num_classes")
+            raise ValueError("cond='class-adm' needs the number of classes: set LDMRecipe.num_classes")
         unet_classes = num_classes + 1  # the last class is the null class of classifier-free guidance
         kw.update(conditioning_key="adm", cond_key=recipe.cond_key or "label", unconditional_value=num_classes)
     if kw["conditioning_key"] in ("concat", "hybrid"):
@@ -406,13 +543,13 @@ def train_ldm(recipe: LDMRecipe, first_stage=None, out_dir: str | None = None, c
     ae, fs_name = _resolve_first_stage(recipe, first_stage)
     is_procedural = recipe.data in ("shapes", "photos")
     train_set = load_dataset(recipe.data, recipe.size, "train", seed=recipe.seed,
-                             length=recipe.train_images if is_procedural else None)
+                             length=recipe.train_images if is_procedural else None, holdout=recipe.holdout)
     if recipe.train_images is not None and not is_procedural and len(train_set) > recipe.train_images:
         train_set = Subset(train_set, range(recipe.train_images))
     test_set = load_dataset(recipe.data, recipe.size, "test", seed=recipe.seed,
                             length=recipe.eval_images if is_procedural else None)
     num_classes = recipe.num_classes
-    if recipe.cond == "class" and num_classes is None:
+    if recipe.cond in ("class", "class-adm") and num_classes is None:
         names = getattr(getattr(train_set, "dataset", train_set), "class_names", None)
         if not names:
             raise ValueError(
@@ -420,7 +557,10 @@ def train_ldm(recipe: LDMRecipe, first_stage=None, out_dir: str | None = None, c
                 "(use data='fashion', an image folder with labels, or set LDMRecipe.num_classes)"
             )
         num_classes = len(names)
-    model = build_ldm(recipe, ae, cond_stage, num_classes)
+    vocabulary = None
+    if recipe.cond == "text":
+        vocabulary = _training_vocabulary(train_set, recipe.max_length)
+    model = build_ldm(recipe, ae, cond_stage, num_classes, vocabulary)
 
     encode_time = 0.0
     data = train_set
@@ -473,7 +613,7 @@ def train_ldm(recipe: LDMRecipe, first_stage=None, out_dir: str | None = None, c
                      cond_drop_prob=model.cond_drop_prob, num_classes=num_classes),
             cond_stage=None if cs is None else dict(
                 cls=f"{type(cs).__module__}.{type(cs).__qualname__}", trainable=model.cond_stage_trainable,
-                exported=model.cond_stage_trainable),
+                exported=model.cond_stage_trainable, config=cs.config() if hasattr(cs, "config") else None),
             schedule=recipe.schedule_config(),
             data=dict(name=recipe.data, size=recipe.size, train_images=len(train_set),
                       eval=f"diffusion loss on the first {recipe.eval_images} held-out images, fixed t and noise"),
@@ -487,6 +627,22 @@ def train_ldm(recipe: LDMRecipe, first_stage=None, out_dir: str | None = None, c
         )
         result["weights"] = str(save_pretrained(model.export_module(), target, manifest))
     return result
+
+
+def _training_vocabulary(train_set, max_length: int, limit: int = 5000) -> list[int]:
+    """The WordPiece ids of (up to ``limit``) training captions: the rows a from-scratch text encoder keeps."""
+    from ldm_lite.conditioning import TransformerEmbedder
+
+    base = getattr(train_set, "dataset", train_set)
+    if hasattr(base, "layout") and hasattr(base, "render"):  # ShapesDataset: captions without rendering
+        from ldm_lite.data.shapes import make_caption
+
+        captions = [make_caption(base.layout(i)) for i in range(min(limit, len(base)))]
+    elif getattr(base, "captions", None) is not None:
+        captions = list(base.captions)[:limit]
+    else:
+        captions = [base[i]["caption"] for i in range(min(limit, len(base)))]
+    return TransformerEmbedder.vocabulary_of(captions, max_length)
 
 
 def _jsonable(value):

@@ -874,6 +874,9 @@ class LatentDiffusion(nn.Module):
             c = self.get_learned_conditioning(cond)
         if c is not None and self.conditioning_key is None:
             raise ValueError("this model is unconditional (conditioning_key=None); sample without cond / c")
+        if guidance_scale != 1.0 and self.conditioning_key is None:
+            raise ValueError(f"guidance_scale={guidance_scale} needs a conditional model; this one is unconditional "
+                             "(conditioning_key=None): sample with guidance_scale=1")
         # ---- batch size and latent shape
         if shape is not None:
             shape = tuple(int(s) for s in shape)

@@ -119,6 +119,10 @@ def load_ldm(name_or_path, device="cpu", first_stage=None, cond_stage=None):
         raise ValueError(f"{name_or_path!r} was trained on an in-memory first stage that was not exported; "
                          "pass first_stage=<the autoencoder>")
     info = manifest.get("cond_stage")
+    if info is not None and cond_stage is None and info.get("config"):
+        from ldm_lite.conditioning import build_cond_stage
+
+        cond_stage = build_cond_stage(info["config"])
     if info is not None and cond_stage is None:
         raise ValueError(
             f"{name_or_path!r} uses a cond stage ({info.get('cls')}); build it as in training and pass "
@@ -129,6 +133,8 @@ def load_ldm(name_or_path, device="cpu", first_stage=None, cond_stage=None):
     sched = dict(manifest["schedule"])
     schedule = NoiseSchedule.from_name(sched.pop("schedule"), sched.pop("n_timestep"), **sched)
     uv = ldm_cfg.get("unconditional_value")
+    if isinstance(uv, list):  # a tensor (an empty layout ...) stored as nested lists
+        uv = torch.tensor(uv)
     model = LatentDiffusion(
         first_stage, unet, cond_stage, conditioning_key=ldm_cfg.get("conditioning_key"),
         cond_key=ldm_cfg.get("cond_key"), cond_stage_trainable=bool(info and info.get("trainable")),

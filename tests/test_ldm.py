@@ -358,7 +358,9 @@ def test_recipe_errors_name_the_fix():
     with pytest.raises(FileNotFoundError, match="ldm-lite train-ae --data nope --size 64"):
         find_autoencoder("nope", 64)
     with pytest.raises(ValueError, match="cond_stage"):
-        LDMRecipe(cond="text")
+        LDMRecipe(cond="concat")
+    with pytest.raises(ValueError, match="data='shapes'"):
+        LDMRecipe(cond="layout", data="fashion")
 
 
 def test_cli_train_ldm_and_sample(tmp_path, capsys):

@@ -21,6 +21,7 @@ A sample is a dict::
     num_objects int
     segmentation int64 (H, W): 0 = background, 1 + shape class where an object covers >= half a pixel
     instances  int64 (H, W): 0 = background, 1 + object slot
+    layout     float32 (MAX_OBJECTS, 7): (x0, y0, x1, y1) as fractions of the side, shape, colour, size; -1 classes pad
 
 Fixed-size padded fields make the default ``torch.utils.data.default_collate`` work.
 """
@@ -119,6 +120,17 @@ def make_caption(objects: Sequence[dict]) -> str:
         link = " " if len(parts) == 1 else ", which is "
         parts.append(f"{link}{relation(prev, obj)} a {describe(obj)}")
     return "".join(parts)
+
+
+def layout_rows(boxes: np.ndarray, labels: np.ndarray, colors: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """One layout per image for layout-to-image models: ``(MAX_OBJECTS, 7)`` float32 rows
+    ``(x0, y0, x1, y1, shape, color, size)``, boxes as fractions of the image side, classes ``-1`` for padding
+    (:class:`ldm_lite.conditioning.LayoutEmbedder` reads them)."""
+    rows = np.zeros((len(labels), 7), dtype=np.float32)
+    rows[:, :4] = boxes
+    rows[:, 4], rows[:, 5], rows[:, 6] = labels, colors, sizes
+    rows[labels < 0, :4] = 0
+    return rows
 
 
 class ShapesDataset(Dataset):
@@ -260,6 +272,7 @@ class ShapesDataset(Dataset):
             num_objects=len(objects),
             segmentation=torch.from_numpy(seg),
             instances=torch.from_numpy(inst),
+            layout=torch.from_numpy(layout_rows(boxes / S, labels, colors, sizes)),
         )
 
     def objects(self, index: int) -> list[dict]:

@@ -1,0 +1,21 @@
+"""Conditioning encoders tau_theta (Sec. 3.3): class, text (from scratch and frozen) and layout.
+
+See :mod:`ldm_lite.conditioning.embedders` for the table of encoders and their null conditions.
+"""
+
+from ldm_lite.conditioning.embedders import (
+    LAYOUT_FIELDS,
+    ClassEmbedder,
+    FrozenTextEncoder,
+    LayoutEmbedder,
+    TextTransformer,
+    TransformerEmbedder,
+    build_cond_stage,
+    fourier_features,
+    layout_from_objects,
+)
+from ldm_lite.conditioning.tokenizer import WordPieceTokenizer, minilm_dir
+
+__all__ = ["ClassEmbedder", "TransformerEmbedder", "FrozenTextEncoder", "LayoutEmbedder", "TextTransformer",
+           "WordPieceTokenizer", "minilm_dir", "build_cond_stage", "fourier_features", "LAYOUT_FIELDS",
+           "layout_from_objects"]
