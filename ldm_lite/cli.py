@@ -192,7 +192,8 @@ def _run_sample(args) -> dict:
     from PIL import Image
 
     from ldm_lite.config import device
-    from ldm_lite.pretrained import _atomic_write, load_ldm
+    from ldm_lite.io import atomic_write
+    from ldm_lite.pretrained import load_ldm
     from ldm_lite.viz import make_grid
 
     out = Path(args.out)
@@ -262,7 +263,7 @@ def _run_sample(args) -> dict:
                    seconds_per_image=round(seconds / args.n, 3))
     if out.suffix.lower() == ".png":
         grid = Image.fromarray(make_grid(images, nrow=args.nrow))
-        _atomic_write(out, lambda tmp: grid.save(tmp, format="PNG"))
+        atomic_write(out, lambda tmp: grid.save(tmp, format="PNG"))
     else:
         from ldm_lite.data.common import save_npz_atomic, to_uint8
 
@@ -274,7 +275,7 @@ def _run_sample(args) -> dict:
                         command="ldm-lite " + " ".join(shlex.quote(a) for a in args.argv),
                         model_manifest={k: v for k, v in _manifest_of(args.model).items()
                                         if k in ("steps", "wall_time_s", "metrics", "command")})
-        _atomic_write(out.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2) + "\n"))
+        atomic_write(out.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2) + "\n"))
     print(json.dumps(summary, indent=2))
     return summary
 
@@ -337,7 +338,7 @@ def _run_execute_notebook(args) -> dict:
     import torch
     from nbclient import NotebookClient
 
-    from ldm_lite.pretrained import _atomic_write
+    from ldm_lite.io import atomic_write
 
     done = {}
     for path in map(Path, args.notebooks):
@@ -363,7 +364,7 @@ def _run_execute_notebook(args) -> dict:
         nb.metadata["ldm_lite"] = dict(scale=args.scale, wall_time_s=round(wall, 1), torch=torch.__version__,
                                        python=platform.python_version(), cpu_threads=torch.get_num_threads(),
                                        date=datetime.date.today().isoformat())
-        _atomic_write(path, lambda tmp: nbformat.write(nb, tmp))
+        atomic_write(path, lambda tmp: nbformat.write(nb, tmp))
         done[str(path)] = round(wall, 1)
         print(f"{path}: {args.scale} scale, {wall:.0f} s")
     return done

@@ -1007,7 +1007,7 @@ class LatentDataset(Dataset):
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``<path>.safetensors`` (tensors) + ``<path>.json`` (scale, info, non-tensor fields), atomically."""
-        from ldm_lite.pretrained import _atomic_write
+        from ldm_lite.io import atomic_write as _atomic_write
         from safetensors.torch import save_file
 
         base = Path(path).with_suffix("")

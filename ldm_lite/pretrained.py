@@ -10,26 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from ldm_lite.io import atomic_write
+
 PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "data" / "pretrained"
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; shipped files must be readable by everyone
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def save_pretrained(model: torch.nn.Module, path: str | os.PathLike, manifest: dict, dtype=torch.float16) -> Path:
@@ -39,11 +27,11 @@ def save_pretrained(model: torch.nn.Module, path: str | os.PathLike, manifest: d
     tensors = {k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).contiguous().cpu()
                for k, v in model.state_dict().items()}
     weights = base.with_suffix(".safetensors")
-    _atomic_write(weights, lambda tmp: save_file(tensors, tmp))
+    atomic_write(weights, lambda tmp: save_file(tensors, tmp))
     manifest = dict(manifest, weights=weights.name, dtype=str(dtype).replace("torch.", ""),
                     size_mb=round(weights.stat().st_size / 2**20, 2),
                     parameters=sum(v.numel() for v in tensors.values() if v.is_floating_point()))
-    _atomic_write(base.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2) + "\n"))
+    atomic_write(base.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2) + "\n"))
     return weights
 
 

@@ -129,6 +129,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
+
+from ldm_lite.io import atomic_write
 from ldm_lite.progress import progress as tqdm
 
 __all__ = [
@@ -450,10 +452,7 @@ def _write_json(path: Path, obj, indent: int | None = 1) -> None:
 
 
 def _atomic_write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    _write_json(tmp, obj)
-    os.replace(tmp, path)
-    _fsync_path(path.parent)
+    atomic_write(path, lambda tmp: _write_json(Path(tmp), obj), fsync=True)
 
 
 def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import warnings
 from typing import Sequence
 
@@ -214,20 +213,13 @@ def save_npz_atomic(path: str, compress: bool = False, **arrays) -> None:
     """``np.savez`` (``np.savez_compressed`` with ``compress=True``) to a temporary file in the same
     folder, then ``os.replace``: readers never see a half-written cache, and two processes rendering
     at once cannot corrupt it."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    from ldm_lite.io import atomic_write
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
             (np.savez_compressed if compress else np.savez)(f, **arrays)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; use the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+
+    atomic_write(path, write)
 
 
 def load_npz(path: str, names: Sequence[str]) -> dict | None:
