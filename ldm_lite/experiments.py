@@ -585,7 +585,7 @@ def train_ldm(recipe: LDMRecipe, first_stage=None, out_dir: str | None = None, c
     result = dict(model=model, history=history, metrics=metrics, wall_time_s=wall, encode_time_s=encode_time,
                   recipe=recipe, first_stage=fs_name, scale_factor=float(model.scale_factor))
     if export:
-        from ldm_lite.pretrained import PRETRAINED_DIR, save_pretrained
+        from ldm_lite.pretrained import PRETRAINED_DIR, ldm_export_module, save_pretrained
 
         target = Path(export) if ("/" in export or export.endswith(".safetensors")) else PRETRAINED_DIR / export
         target = target.with_suffix("") if target.suffix in (".safetensors", ".json") else target
@@ -625,7 +625,7 @@ def train_ldm(recipe: LDMRecipe, first_stage=None, out_dir: str | None = None, c
             final_train_logs={k: round(v, 5) for k, v in history[-1].items()} if history else {},
             date=datetime.date.today().isoformat(),
         )
-        result["weights"] = str(save_pretrained(model.export_module(), target, manifest))
+        result["weights"] = str(save_pretrained(ldm_export_module(model), target, manifest))
     return result
 
 

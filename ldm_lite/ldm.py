@@ -61,107 +61,33 @@ stage is frozen), ``training_step``, ``ema_module`` and ``on_train_start`` (the 
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 from ldm_lite.autoencoder.model import check_image_size
+from ldm_lite.conditioning.condition import (
+    as_condition,
+    batch_size_of,
+    expand_batch,
+    raw_batch,
+    to_device,
+    where_dropped,
+)
 from ldm_lite.diffusion.samplers import Sampler, make_sampler
 from ldm_lite.diffusion.schedule import PARAMETERIZATIONS, NoiseSchedule, diffusion_loss
 from ldm_lite.unet.model import UNetModel
 
-__all__ = ["CONDITIONING_KEYS", "LatentDiffusion", "LatentDataset", "default_schedule"]
+__all__ = ["CONDITIONING_KEYS", "LatentDiffusion", "default_schedule"]
 
 CONDITIONING_KEYS = (None, "crossattn", "concat", "hybrid", "adm")
-_COND_PARTS = ("c_concat", "c_crossattn", "context_mask", "y")
 
 
 def default_schedule() -> NoiseSchedule:
     """The LDM / Stable Diffusion schedule: ``"linear"`` (linear in sqrt(beta)), T=1000, 0.00085-0.012."""
     return NoiseSchedule.from_name("linear", 1000, linear_start=0.00085, linear_end=0.012)
-
-
-def _first_tensor(x: Any) -> torch.Tensor | None:
-    """The first tensor in a (nested) conditioning, to read its batch size and device."""
-    if torch.is_tensor(x):
-        return x
-    if isinstance(x, dict):
-        x = list(x.values())
-    if isinstance(x, (list, tuple)):
-        for v in x:
-            t = _first_tensor(v)
-            if t is not None:
-                return t
-    return None
-
-
-def _expand_batch(x: Any, batch_size: int) -> Any:
-    """Repeat a conditioning of batch size 1 to ``batch_size`` (tensors, lists of tensors, dicts)."""
-    if torch.is_tensor(x):
-        if x.ndim == 0:
-            return x.expand(batch_size)
-        if x.shape[0] == 1 and batch_size != 1:
-            return x.expand(batch_size, *x.shape[1:])
-        return x
-    if isinstance(x, dict):
-        return {k: _expand_batch(v, batch_size) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        if len(x) == 1 and not torch.is_tensor(x[0]) and batch_size != 1:  # raw list, e.g. ["a caption"]
-            return type(x)(list(x) * batch_size)
-        return type(x)(_expand_batch(v, batch_size) for v in x)
-    return x
-
-
-def _batch_raw(value: Any, batch_size: int) -> Any:
-    """One sample's raw condition (int, float, str, tensor without batch axis) -> a batch of it."""
-    if isinstance(value, bool):
-        raise TypeError("unconditional_value must be a condition (int, str, tensor, ...), not a bool")
-    if isinstance(value, int):
-        return torch.full((batch_size,), value, dtype=torch.long)
-    if isinstance(value, float):
-        return torch.full((batch_size,), value, dtype=torch.float32)
-    if isinstance(value, str):
-        return [value] * batch_size
-    if torch.is_tensor(value):
-        return value.unsqueeze(0).expand(batch_size, *value.shape)
-    if isinstance(value, dict):
-        return {k: _batch_raw(v, batch_size) for k, v in value.items()}
-    if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-        return _batch_raw(torch.tensor(value), batch_size)  # e.g. token ids [101, 102, 0, ...]
-    raise TypeError(
-        f"cannot make a batch of the unconditional value {value!r}; use an int, float, str, tensor (one "
-        "sample, no batch axis), a list of numbers or a dict of these -- or a callable batch_size -> raw batch"
-    )
-
-
-def _to_device(x: Any, device: torch.device) -> Any:
-    if torch.is_tensor(x):
-        return x.to(device)
-    if isinstance(x, dict):
-        return {k: _to_device(v, device) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(_to_device(v, device) for v in x)
-    return x
-
-
-class _ExportedWeights(nn.Module):
-    """What an exported LDM stores: the UNet, a trainable cond stage and the scale factor.
-
-    The first stage is a separate checkpoint (recorded by name in the manifest), so it is not repeated.
-    """
-
-    def __init__(self, unet: nn.Module, cond_stage: nn.Module | None, scale_factor: torch.Tensor):
-        super().__init__()
-        self.unet = unet
-        if cond_stage is not None:
-            self.cond_stage = cond_stage
-        self.register_buffer("scale_factor", scale_factor.detach().clone())
 
 
 class LatentDiffusion(nn.Module):
@@ -479,129 +405,118 @@ class LatentDiffusion(nn.Module):
             return self.first_stage.decode(z, force_quantize=force_quantize)
         return self.first_stage.decode(z)
 
-    # ------------------------------------------------------------------ conditioning
-    def get_learned_conditioning(self, y: Any) -> Any:
-        """The raw condition ``y`` -> what :meth:`apply_model` takes: ``tau_theta(y)`` (identity without a cond stage).
+    # ------------------------------------------------------------------ Sec. 3.3: conditioning
+    def get_learned_conditioning(self, y: Any) -> dict[str, torch.Tensor] | None:
+        """The raw condition ``y`` -> ``tau_theta(y)`` in the canonical form (a dict, see
+        :mod:`ldm_lite.conditioning.condition`): ``c_crossattn`` (+ ``context_mask``), ``c_concat`` or ``y``.
 
-        In ``"hybrid"`` mode ``y`` is a dict ``{"c_concat": ..., "c_crossattn": ...}``; the cond stage is
-        applied to ``"c_crossattn"`` only. A frozen cond stage runs without gradients.
+        Without a cond stage ``y`` passes through (raw labels for ``"adm"``, an image at the latent size for
+        ``"concat"``). In ``"hybrid"`` mode ``y`` is a dict ``{"c_concat": ..., "c_crossattn": ...}`` and the
+        cond stage sees only ``"c_crossattn"``. A frozen cond stage runs without gradients.
         """
         if y is None:
             return None
-        if self.conditioning_key == "hybrid" and isinstance(y, dict):
-            out = dict(y)
+        key = self.conditioning_key
+        if key is None:
+            raise ValueError("this model is unconditional (conditioning_key=None); it takes no condition")
+        if key == "hybrid":
+            if not isinstance(y, dict) or not set(y) <= {"c_concat", "c_crossattn"}:
+                raise ValueError("conditioning_key='hybrid' takes a raw condition {'c_concat': image at the latent "
+                                 "size, 'c_crossattn': the cond stage's input}")
+            cond = {}
             if "c_crossattn" in y:
-                learned = self._cond_stage_forward(y["c_crossattn"])
-                if isinstance(learned, dict):
-                    out.pop("c_crossattn")
-                    out.update(learned)
-                else:
-                    out["c_crossattn"] = learned
-            if "c_concat" in out:
-                out["c_concat"] = _to_device(out["c_concat"], self.device)
-            return out
-        return self._cond_stage_forward(y)
+                cond.update(as_condition(self._cond_stage_forward(y["c_crossattn"]), "crossattn"))
+            if "c_concat" in y:
+                cond["c_concat"] = to_device(y["c_concat"], self.device)
+            return cond
+        return as_condition(self._cond_stage_forward(y), key)
 
     def _cond_stage_forward(self, y: Any) -> Any:
         if isinstance(y, int) and not isinstance(y, bool):
             y = torch.tensor([y])  # one class label
         elif isinstance(y, (list, tuple)) and y and all(isinstance(v, int) and not isinstance(v, bool) for v in y):
             y = torch.tensor(list(y))  # a batch of class labels
-        y = _to_device(y, self.device)
+        y = to_device(y, self.device)
         if self.cond_stage is None:
             return y
         if self.cond_stage_trainable:
-            c = self.cond_stage(y)
-        else:
-            with torch.no_grad():
-                c = self.cond_stage(y)
-        if isinstance(c, tuple) and len(c) == 2 and self.conditioning_key in ("crossattn", "hybrid"):
-            c = {"c_crossattn": c[0], "context_mask": c[1]}  # (context, mask) from a text encoder
-        return c
+            return self.cond_stage(y)
+        with torch.no_grad():
+            return self.cond_stage(y)
 
     def get_unconditional_conditioning(self, batch_size: int, like: Any = None,
-                                       latent_size: int | tuple[int, int] | None = None) -> Any:
-        """The learned unconditional conditioning for ``batch_size`` samples (what CFG training drops to).
+                                       latent_size: int | tuple[int, int] | None = None) -> dict | None:
+        """The null condition for ``batch_size`` samples: what guidance contrasts with, and what training drops to.
 
-        With ``unconditional_value``: ``get_learned_conditioning`` of it, repeated. Without: zeros of the
-        shape of ``like`` (a learned conditioning) or, lacking it, a zero context ``(B, 1, context_dim)``
-        / a zero concat image at ``latent_size``. ``"hybrid"`` returns only ``{"c_crossattn": ...}`` (the
-        concat part is kept from the condition; :func:`~ldm_lite.diffusion.guidance.batch_conditionings`
-        does that when guiding). ``None`` for an unconditional model.
+        With ``unconditional_value`` (a raw condition: the null class, ``""``, the empty layout): its learned
+        conditioning, repeated. Without: zeros shaped like ``like`` (a learned condition) or, lacking it, a zero
+        context ``(B, 1, context_dim)`` / a zero concat image at ``latent_size``. ``"hybrid"`` returns only the
+        cross-attention part (the concat image is kept from the condition when guiding). ``None`` for an
+        unconditional model.
         """
         key = self.conditioning_key
         if key is None:
             return None
         if self.unconditional_value is not None:
             v = self.unconditional_value
-            raw = v(1) if callable(v) else _batch_raw(v, 1)
-            if key == "hybrid":
-                learned = self._cond_stage_forward(raw)
-                u = dict(learned) if isinstance(learned, dict) else {"c_crossattn": learned}
-            else:
-                u = self.get_learned_conditioning(raw)
-            return _expand_batch(u, batch_size)
-        like_parts = self._normalize(like) if like is not None else {}
-        dev = self.device
+            raw = v(1) if callable(v) else raw_batch(v, 1)
+            learned = as_condition(self._cond_stage_forward(raw), "crossattn" if key == "hybrid" else key)
+            return expand_batch(learned, batch_size)
         if key == "adm":
             raise ValueError(
                 "conditioning_key='adm' has no unconditional conditioning: zeros would be class 0. Build the UNet "
                 "with num_classes = n + 1 and pass unconditional_value=n (a null class)"
             )
-        u: dict[str, torch.Tensor] = {}
+        like = as_condition(like, key) if like is not None else {}
+        dev = self.device
         if key in ("crossattn", "hybrid"):
-            ref = like_parts.get("c_crossattn")
+            ref = like.get("c_crossattn")
             if ref is not None:
-                u["c_crossattn"] = torch.zeros(batch_size, *ref.shape[1:], device=ref.device, dtype=ref.dtype)
+                ctx = torch.zeros(batch_size, *ref.shape[1:], device=ref.device, dtype=ref.dtype)
             else:
-                u["c_crossattn"] = torch.zeros(batch_size, 1, self.unet.context_dim, device=dev)
-            if "context_mask" in like_parts:
-                u["context_mask"] = torch.ones(batch_size, u["c_crossattn"].shape[1], dtype=torch.bool,
-                                               device=u["c_crossattn"].device)
-            if key == "crossattn":
-                return u if "context_mask" in u else u["c_crossattn"]
+                ctx = torch.zeros(batch_size, 1, self.unet.context_dim, device=dev)
+            u = {"c_crossattn": ctx}
+            if "context_mask" in like:
+                u["context_mask"] = torch.ones(batch_size, ctx.shape[1], dtype=torch.bool, device=ctx.device)
             return u
-        # concat
-        ref = like_parts.get("c_concat")
+        ref = like.get("c_concat")
         if ref is not None:
-            return torch.zeros(batch_size, *ref.shape[1:], device=ref.device, dtype=ref.dtype)
+            return {"c_concat": torch.zeros(batch_size, *ref.shape[1:], device=ref.device, dtype=ref.dtype)}
         size = latent_size if latent_size is not None else self.latent_size
         if size is None:
             raise ValueError("the zero concat condition needs its size: pass latent_size=(h, w) (or like=a condition)")
         h, w = self._pair(size)
-        return torch.zeros(batch_size, self.unet.in_channels - self.latent_channels, h, w, device=dev)
+        return {"c_concat": torch.zeros(batch_size, self.unet.in_channels - self.latent_channels, h, w, device=dev)}
 
-    def _normalize(self, cond: Any) -> dict[str, torch.Tensor]:
-        """A learned conditioning (tensor, CompVis-style list, or dict) -> dict with keys of ``_COND_PARTS``."""
-        key = self.conditioning_key
-        if cond is None:
-            return {}
-        if isinstance(cond, dict):
-            bad = set(cond) - set(_COND_PARTS)
-            if bad:
-                raise ValueError(f"unknown conditioning keys {sorted(bad)}; use {', '.join(_COND_PARTS)}")
-            out = {}
-            for k, v in cond.items():
-                if isinstance(v, (list, tuple)):  # CompVis: {"c_crossattn": [c]} -- concatenated on dim 1
-                    v = torch.cat(list(v), dim=1) if len(v) > 1 else v[0]
-                out[k] = v
-            return out
-        if isinstance(cond, (list, tuple)) and cond and all(torch.is_tensor(v) for v in cond):
-            cond = torch.cat(list(cond), dim=1) if len(cond) > 1 else cond[0]
-        if not torch.is_tensor(cond):
-            raise TypeError(
-                f"a learned conditioning must be a tensor or a dict of tensors, got {type(cond).__name__}; raw "
-                "conditions (captions, labels ...) go through get_learned_conditioning first"
+    def get_condition(self, batch, drop: bool | None = None) -> dict | None:
+        """The learned condition of a batch (``None`` if unconditional), with dropout for guidance in training.
+
+        ``drop``: apply ``cond_drop_prob`` (default: in train mode). Each sample is dropped independently with
+        probability ``cond_drop_prob`` (drawn from torch's global generator) and gets the null condition.
+        """
+        if self.conditioning_key is None:
+            return None
+        if not isinstance(batch, dict):
+            raise KeyError(f"a conditional model needs dict batches with the condition under {self.cond_key!r}")
+        if isinstance(self.cond_key, dict):
+            missing = [k for k in self.cond_key.values() if k not in batch]
+            y = {part: batch[k] for part, k in self.cond_key.items() if k in batch}
+        else:
+            missing = [] if self.cond_key in batch else [self.cond_key]
+            y = batch.get(self.cond_key)
+        if missing:
+            raise KeyError(
+                f"the batch has no {missing} (cond_key of this {self.conditioning_key!r} model); batch keys: "
+                f"{sorted(batch)}. Pass cond_key=<the dataset's field>, or keep it when caching latents "
+                "(encode_dataset(..., keys=[...]))"
             )
-        if key == "crossattn":
-            return {"c_crossattn": cond}
-        if key == "concat":
-            return {"c_concat": cond}
-        if key == "adm":
-            return {"y": cond}
-        if key == "hybrid":
-            raise ValueError("conditioning_key='hybrid' needs a dict {'c_concat': (B, C, h, w), 'c_crossattn': (B, M, D)}")
-        raise ValueError("this model is unconditional (conditioning_key=None) but a condition was given")
+        c = self.get_learned_conditioning(y)
+        drop = self.training if drop is None else drop
+        if drop and self.cond_drop_prob > 0:
+            b = batch_size_of(c)
+            dropped = torch.rand(b, device=self.device) < self.cond_drop_prob
+            c = where_dropped(dropped, self.get_unconditional_conditioning(b, like=c), c)
+        return c
 
     # ------------------------------------------------------------------ the denoiser
     def apply_model(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
@@ -621,7 +536,7 @@ class LatentDiffusion(nn.Module):
                 f"this model is conditional (conditioning_key={key!r}) and got cond=None; pass the learned "
                 "conditioning (get_learned_conditioning(y)) or get_unconditional_conditioning(batch_size)"
             )
-        parts = self._normalize(cond)
+        parts = as_condition(cond, key)  # a no-op for a condition built by get_learned_conditioning
         x_in, context, y, mask = x_t, None, None, None
         if key in ("concat", "hybrid"):
             cc = parts.get("c_concat")
@@ -677,65 +592,6 @@ class LatentDiffusion(nn.Module):
             self.latent_size = (int(z.shape[-2]), int(z.shape[-1]))
         return z
 
-    def get_condition(self, batch, drop: bool | None = None) -> Any:
-        """The learned conditioning of a batch (``None`` if unconditional), with CFG dropout when training.
-
-        ``drop``: apply ``cond_drop_prob`` (default: in train mode). Each sample is dropped independently
-        with probability ``cond_drop_prob`` (drawn from torch's global generator) and gets the
-        unconditional conditioning instead.
-        """
-        if self.conditioning_key is None:
-            return None
-        if not isinstance(batch, dict):
-            raise KeyError(f"a conditional model needs dict batches with the condition under {self.cond_key!r}")
-        if isinstance(self.cond_key, dict):
-            missing = [k for k in self.cond_key.values() if k not in batch]
-            y = {part: batch[k] for part, k in self.cond_key.items() if k in batch}
-        else:
-            missing = [] if self.cond_key in batch else [self.cond_key]
-            y = batch.get(self.cond_key)
-        if missing:
-            raise KeyError(
-                f"the batch has no {missing} (cond_key of this {self.conditioning_key!r} model); batch keys: "
-                f"{sorted(batch)}. Pass cond_key=<the dataset's field>, or keep it when caching latents "
-                "(encode_dataset(..., keys=[...]))"
-            )
-        c = self.get_learned_conditioning(y)
-        drop = self.training if drop is None else drop
-        if drop and self.cond_drop_prob > 0:
-            ref = _first_tensor(c)
-            if ref is None:
-                raise ValueError("cannot apply cond_drop_prob: the learned conditioning holds no tensor")
-            b = int(ref.shape[0])
-            dropped = torch.rand(b, device=self.device) < self.cond_drop_prob
-            c = self._drop(c, dropped)
-        return c
-
-    def _drop(self, c: Any, dropped: torch.Tensor) -> Any:
-        """Replace the conditioning of the samples where ``dropped`` (B,) is True by the unconditional one."""
-        b = dropped.shape[0]
-        parts = self._normalize(c)
-        u = self._normalize(self.get_unconditional_conditioning(b, like=c))
-        if "context_mask" in parts or "context_mask" in u:  # a missing mask means "every token is real"
-            for d in (parts, u):
-                if "context_mask" not in d and "c_crossattn" in d:
-                    ctx = d["c_crossattn"]
-                    d["context_mask"] = torch.ones(ctx.shape[:2], dtype=torch.bool, device=ctx.device)
-        out = dict(parts)
-        for k, uv in u.items():
-            cv = parts[k]
-            if uv.shape[1:] != cv.shape[1:]:
-                raise ValueError(
-                    f"the unconditional {k} has shape {tuple(uv.shape[1:])} per sample but the condition has "
-                    f"{tuple(cv.shape[1:])}; give the unconditional value the same form (e.g. pad token ids to "
-                    "the same length)"
-                )
-            m = dropped.to(cv.device).reshape(b, *([1] * (cv.ndim - 1)))
-            out[k] = torch.where(m, uv.to(cv.dtype), cv)
-        if not isinstance(c, dict) and set(out) == set(parts) and len(out) == 1:
-            return next(iter(out.values()))
-        return out
-
     def p_losses(self, z0: torch.Tensor, cond: Any = None, t: torch.Tensor | None = None,
                  noise: torch.Tensor | None = None, generator: torch.Generator | None = None):
         """The LDM loss (Eq. 2 / Eq. 3) on scaled latents ``z0 (B, c, h, w)`` with learned conditioning
@@ -771,56 +627,14 @@ class LatentDiffusion(nn.Module):
         return loss, out
 
     # ------------------------------------------------------------------ latent caching
-    @torch.no_grad()
     def encode_dataset(self, dataset, batch_size: int = 64, keys: Sequence[str] | None = None,
-                       progress: bool = True, num_workers: int = 0, collate_fn: Callable | None = None) -> "LatentDataset":
-        """Encode a whole dataset once: a :class:`LatentDataset` of scaled latents plus the fields ``keys``.
+                       progress: bool = True, num_workers: int = 0, collate_fn: Callable | None = None):
+        """Encode a dataset once into a :class:`~ldm_lite.latents.LatentDataset` (see
+        :func:`ldm_lite.latents.encode_dataset`); training on it skips the encoder."""
+        from ldm_lite.latents import encode_dataset
 
-        Training on it skips the encoder (``training_step`` takes ``"latent"`` batches). ``keys`` default:
-        the condition's batch key(s). With ``scale_by_std`` and no estimate yet, ``scale_factor`` is
-        estimated first, from the first ``batch_size`` images (in dataset order), so every cached latent
-        has the same scale. The latents are deterministic with ``posterior="mode"``; with ``"sample"``
-        each image keeps the one sample drawn here.
-        """
-        from ldm_lite.progress import progress as tqdm
-
-        if keys is None:
-            if self.cond_key is None:
-                keys = ()
-            elif isinstance(self.cond_key, dict):
-                keys = tuple(self.cond_key.values())
-            else:
-                keys = (self.cond_key,)
-        keys = tuple(keys)
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                            collate_fn=collate_fn)
-        was_training = self.training
-        self.eval()
-        latents: list[torch.Tensor] = []
-        fields: dict[str, list] = {k: [] for k in keys}
-        try:
-            for batch in tqdm(loader, desc="encoding latents", disable=not progress, leave=False):
-                if not isinstance(batch, dict) or "image" not in batch:
-                    raise KeyError("encode_dataset needs samples that are dicts with an 'image'")
-                missing = [k for k in keys if k not in batch]
-                if missing:
-                    raise KeyError(f"the dataset's samples have no {missing}; their keys: {sorted(batch)}")
-                images = batch["image"].to(self.device)
-                if self.scale_by_std and not self.scale_estimated:
-                    self.estimate_scale_factor(images)
-                latents.append(self.encode_first_stage(images).cpu())
-                for k in keys:
-                    fields[k].append(batch[k])
-        finally:
-            self.train(was_training)
-        merged = {}
-        for k, parts in fields.items():
-            if parts and torch.is_tensor(parts[0]):
-                merged[k] = torch.cat(parts)
-            else:
-                merged[k] = [v for p in parts for v in p]
-        return LatentDataset(torch.cat(latents), merged, scale_factor=float(self.scale_factor),
-                             info={"posterior": self.posterior, "f": self.f})
+        return encode_dataset(self, dataset, batch_size=batch_size, keys=keys, progress=progress,
+                              num_workers=num_workers, collate_fn=collate_fn)
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -887,10 +701,9 @@ class LatentDiffusion(nn.Module):
                 raise ValueError(f"num_samples={num_samples} disagrees with shape[0]={b}")
         else:
             if num_samples is None:
-                ref = _first_tensor(c)
-                if ref is None:
+                if c is None:
                     raise ValueError("pass num_samples (or shape=(B, c, h, w), or a batched condition)")
-                num_samples = int(ref.shape[0]) if ref.ndim else 1
+                num_samples = batch_size_of(as_condition(c, self.conditioning_key))
             b = int(num_samples)
             size = latent_size if latent_size is not None else self.latent_size
             if size is None:
@@ -898,7 +711,7 @@ class LatentDiffusion(nn.Module):
             h, w = self._pair(size)
             shape = (b, self.latent_channels, h, w)
         if c is not None:
-            c = _expand_batch(c, b)
+            c = expand_batch(as_condition(c, self.conditioning_key), b)
         elif self.conditioning_key is not None:
             if self.conditioning_key == "adm" and self.unconditional_value is None:
                 raise ValueError("this class-conditional model has no null class: pass cond=<labels (B,)>")
@@ -910,7 +723,7 @@ class LatentDiffusion(nn.Module):
             uc = unconditional_conditioning
             if uc is None:
                 uc = self.get_unconditional_conditioning(b, like=c, latent_size=shape[-2:])
-            uc = _expand_batch(uc, b)
+            uc = expand_batch(as_condition(uc, self.conditioning_key), b)
         # ---- a known region (inpainting / keeping x0)
         if x0 is not None:
             x0 = x0.to(self.device).float()
@@ -942,94 +755,6 @@ class LatentDiffusion(nn.Module):
             self.train(was_training)
         return (images, z) if return_latents else images
 
-    # ------------------------------------------------------------------ export
-    def export_module(self) -> nn.Module:
-        """A module holding what an exported checkpoint stores: ``unet``, a trainable ``cond_stage`` and
-        ``scale_factor`` (pass it to :func:`ldm_lite.pretrained.save_pretrained`)."""
-        cs = self.cond_stage if (self.cond_stage is not None and self.cond_stage_trainable) else None
-        return _ExportedWeights(self.unet, cs, self.scale_factor)
-
-    def load_exported(self, state_dict: dict[str, torch.Tensor]) -> "LatentDiffusion":
-        """Load weights written from :meth:`export_module`: ``unet.*``, ``cond_stage.*``, ``scale_factor``.
-
-        (Exports are float16, which rounds ``scale_factor``; :func:`ldm_lite.pretrained.load_ldm` then
-        sets the exact value recorded in the manifest.)
-        """
-        unet_sd = {k[len("unet."):]: v for k, v in state_dict.items() if k.startswith("unet.")}
-        cs_sd = {k[len("cond_stage."):]: v for k, v in state_dict.items() if k.startswith("cond_stage.")}
-        other = set(state_dict) - {f"unet.{k}" for k in unet_sd} - {f"cond_stage.{k}" for k in cs_sd} - {"scale_factor"}
-        if other:
-            raise KeyError(f"unexpected keys in an exported LDM state dict: {sorted(other)[:8]}")
-        self.unet.load_state_dict(unet_sd)
-        if cs_sd:
-            if self.cond_stage is None:
-                raise KeyError("the weights include a cond stage, but this model has cond_stage=None")
-            self.cond_stage.load_state_dict(cs_sd)
-        if "scale_factor" in state_dict:
-            with torch.no_grad():
-                self.scale_factor.copy_(state_dict["scale_factor"].float())
-        return self
-
     def extra_repr(self) -> str:
         return (f"conditioning_key={self.conditioning_key!r}, parameterization={self.parameterization!r}, "
                 f"f={self.f}, scale_factor={float(self.scale_factor):.5g}, cond_drop_prob={self.cond_drop_prob}")
-
-
-class LatentDataset(Dataset):
-    """Pre-encoded, already scaled latents plus the conditioning fields of the images they came from.
-
-    ``dataset[i] == {"latent": (c, h, w), **{key: value_i}}``. Made by :meth:`LatentDiffusion.encode_dataset`;
-    ``scale_factor`` records the scale the latents carry (a model must use the same one).
-    """
-
-    def __init__(self, latents: torch.Tensor, fields: dict[str, Any] | None = None, scale_factor: float = 1.0,
-                 info: dict | None = None):
-        self.latents = latents
-        self.fields = dict(fields or {})
-        for k, v in self.fields.items():
-            if len(v) != len(latents):
-                raise ValueError(f"field {k!r} has {len(v)} entries for {len(latents)} latents")
-        self.scale_factor = float(scale_factor)
-        self.info = dict(info or {})
-
-    def __len__(self) -> int:
-        return len(self.latents)
-
-    def __getitem__(self, index: int) -> dict:
-        item = {"latent": self.latents[index]}
-        for k, v in self.fields.items():
-            item[k] = v[index]
-        return item
-
-    def __repr__(self) -> str:
-        return (f"LatentDataset(n={len(self)}, latent={tuple(self.latents.shape[1:])}, fields={list(self.fields)}, "
-                f"scale_factor={self.scale_factor:.5g})")
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write ``<path>.safetensors`` (tensors) + ``<path>.json`` (scale, info, non-tensor fields), atomically."""
-        from ldm_lite.io import atomic_write as _atomic_write
-        from safetensors.torch import save_file
-
-        base = Path(path).with_suffix("")
-        tensors = {"latent": self.latents.contiguous()}
-        other = {}
-        for k, v in self.fields.items():
-            if torch.is_tensor(v):
-                tensors[f"field.{k}"] = v.contiguous()
-            else:
-                other[k] = list(v)
-        _atomic_write(base.with_suffix(".safetensors"), lambda tmp: save_file(tensors, tmp))
-        meta = {"scale_factor": self.scale_factor, "info": self.info, "fields": other}
-        _atomic_write(base.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta)))
-        return base.with_suffix(".safetensors")
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "LatentDataset":
-        from safetensors.torch import load_file
-
-        base = Path(path).with_suffix("")
-        tensors = load_file(str(base.with_suffix(".safetensors")))
-        meta = json.loads(base.with_suffix(".json").read_text())
-        fields = {k[len("field."):]: v for k, v in tensors.items() if k.startswith("field.")}
-        fields.update(meta.get("fields", {}))
-        return cls(tensors["latent"], fields, scale_factor=meta["scale_factor"], info=meta.get("info"))

@@ -130,9 +130,52 @@ def load_ldm(name_or_path, device="cpu", first_stage=None, cond_stage=None):
         posterior=ldm_cfg.get("posterior", "mode"), unconditional_value=uv,
         image_size=ldm_cfg.get("image_size"),
     )
-    model.load_exported(load_state_dict(base))
+    load_ldm_weights(model, load_state_dict(base))
     with torch.no_grad():
         model.scale_factor.fill_(float(ldm_cfg["scale_factor"]))
     if ldm_cfg.get("latent_size"):
         model.latent_size = tuple(ldm_cfg["latent_size"])
     return model.to(device).eval()
+
+
+# --------------------------------------------------------------------------------------------------
+# What an exported LDM stores: the UNet, a trainable cond stage and the scale factor. The first stage is
+# a checkpoint of its own (named in the manifest), and a frozen cond stage (MiniLM, CLIP) is rebuilt from
+# its own weights, so neither is repeated.
+# --------------------------------------------------------------------------------------------------
+class _ExportedLDM(torch.nn.Module):
+    def __init__(self, unet: torch.nn.Module, cond_stage: torch.nn.Module | None, scale_factor: torch.Tensor):
+        super().__init__()
+        self.unet = unet
+        if cond_stage is not None:
+            self.cond_stage = cond_stage
+        self.register_buffer("scale_factor", scale_factor.detach().clone())
+
+
+def ldm_export_module(model) -> torch.nn.Module:
+    """The part of a ``LatentDiffusion`` an export stores (``unet.*``, a trainable ``cond_stage.*``,
+    ``scale_factor``), as one module to pass to :func:`save_pretrained`."""
+    cs = model.cond_stage if (model.cond_stage is not None and model.cond_stage_trainable) else None
+    return _ExportedLDM(model.unet, cs, model.scale_factor)
+
+
+def load_ldm_weights(model, state_dict: dict[str, torch.Tensor]):
+    """Load what :func:`ldm_export_module` stored into ``model`` (a ``LatentDiffusion``); returns it.
+
+    (Exports are float16, which rounds ``scale_factor``; :func:`load_ldm` then sets the exact value from
+    the manifest.)
+    """
+    unet_sd = {k[len("unet."):]: v for k, v in state_dict.items() if k.startswith("unet.")}
+    cs_sd = {k[len("cond_stage."):]: v for k, v in state_dict.items() if k.startswith("cond_stage.")}
+    other = set(state_dict) - {f"unet.{k}" for k in unet_sd} - {f"cond_stage.{k}" for k in cs_sd} - {"scale_factor"}
+    if other:
+        raise KeyError(f"unexpected keys in an exported LDM state dict: {sorted(other)[:8]}")
+    model.unet.load_state_dict(unet_sd)
+    if cs_sd:
+        if model.cond_stage is None:
+            raise KeyError("the weights include a cond stage, but this model has cond_stage=None")
+        model.cond_stage.load_state_dict(cs_sd)
+    if "scale_factor" in state_dict:
+        with torch.no_grad():
+            model.scale_factor.copy_(state_dict["scale_factor"].float())
+    return model

@@ -13,7 +13,8 @@ from torch import nn
 
 from ldm_lite import cli
 from ldm_lite.autoencoder.model import AutoencoderKL, VQModel
-from ldm_lite.ldm import LatentDataset, LatentDiffusion
+from ldm_lite.latents import LatentDataset
+from ldm_lite.ldm import LatentDiffusion
 from ldm_lite.train import TrainConfig, Trainer
 from ldm_lite.unet import UNetModel
 
