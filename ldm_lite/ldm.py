@@ -54,6 +54,35 @@ Conventions of this module (each is a choice the CompVis code makes differently 
   ``"hybrid"`` mode only the cross-attention part is dropped; the spatial ``c_concat`` part (the
   image being completed or upscaled) is always kept.
 
+**The condition has one form inside the model** (:mod:`ldm_lite.conditioning.condition`): a dict with
+the keys of CompVis's ``DiffusionWrapper`` -- ``c_crossattn`` (+ ``context_mask``, True = real token),
+``c_concat``, ``y`` -- built once by ``get_learned_conditioning`` (or by ``as_condition`` where a learned
+condition is handed in). Dropout, guidance and the UNet call read only that dict.
+
+The class reads in the paper's order: Sec. 3.1 (``encode_first_stage`` / ``decode_first_stage`` with the
+scale factor), Sec. 3.3 (``get_learned_conditioning``, the null condition, dropout), Eq. 2 / Eq. 3
+(``apply_model``, ``p_losses``, ``training_step``), then the Trainer protocol and ``sample``. The latent
+cache lives in :mod:`ldm_lite.latents`, the export format in :mod:`ldm_lite.pretrained`.
+
+Names, here and in the CompVis code (``ldm/models/diffusion/ddpm.py``, class ``LatentDiffusion``):
+
+=============================  ==========================================  ==================================
+here                           CompVis                                     note
+=============================  ==========================================  ==================================
+``first_stage``                ``first_stage_model``                       frozen autoencoder
+``cond_stage``                 ``cond_stage_model``                        ``tau_theta``
+``unet``                       ``model.diffusion_model``                   CompVis wraps it in a
+                                                                           ``DiffusionWrapper``
+``cond_stage_trainable``       ``cond_stage_trainable``
+``conditioning_key``           ``conditioning_key`` (of the wrapper)
+``cond_key``                   ``cond_stage_key``                          the batch field of ``y``
+``scale_factor``               ``scale_factor``
+``get_learned_conditioning``   ``get_learned_conditioning``
+``apply_model``, ``p_losses``  ``apply_model``, ``p_losses``
+``cond_drop_prob``             (none: never dropped, issue #139)
+``unconditional_value``        ``unconditional_guidance_label`` (sampling)  a raw null condition
+=============================  ==========================================  ==================================
+
 The class follows :mod:`ldm_lite.train`'s module protocol, so ``Trainer(ldm, dataset, cfg).fit()``
 trains it: ``configure_optimizers`` (one AdamW over the UNet and a trainable cond stage; the first
 stage is frozen), ``training_step``, ``ema_module`` and ``on_train_start`` (the scale estimate).
@@ -309,48 +338,7 @@ class LatentDiffusion(nn.Module):
         if self.t_buckets < 0:
             raise ValueError(f"t_buckets must be >= 0, got {self.t_buckets}")
 
-    # ------------------------------------------------------------------ modes and the Trainer protocol
-    def train(self, mode: bool = True) -> "LatentDiffusion":
-        """Train mode for the UNet (and a trainable cond stage); the frozen parts stay in eval mode."""
-        super().train(mode)
-        if self.first_stage is not None:
-            self.first_stage.eval()
-        if self.cond_stage is not None and not self.cond_stage_trainable:
-            self.cond_stage.eval()
-        return self
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        params = list(self.unet.parameters())
-        if self.cond_stage is not None and self.cond_stage_trainable:
-            params += [p for p in self.cond_stage.parameters() if p.requires_grad]
-        return params
-
-    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        """``{"ldm": AdamW(UNet + trainable cond stage, lr)}`` -- the first stage is never optimised."""
-        return {"ldm": torch.optim.AdamW(self.trainable_parameters(), lr=self.lr, weight_decay=self.weight_decay)}
-
-    def ema_module(self) -> nn.Module:
-        """What the EMA tracks: the UNet, or ``ModuleDict(unet=..., cond_stage=...)`` with a trainable cond stage."""
-        if self.cond_stage is not None and self.cond_stage_trainable:
-            return nn.ModuleDict({"unet": self.unet, "cond_stage": self.cond_stage})
-        return self.unet
-
-    @torch.no_grad()
-    def on_train_start(self, first_batch) -> None:
-        """Called once by the Trainer at the start of a fresh run: ``scale_by_std`` estimates ``scale_factor``."""
-        if not self.scale_by_std or self.scale_estimated:
-            return
-        if isinstance(first_batch, dict) and "image" in first_batch:
-            self.estimate_scale_factor(first_batch["image"])
-        elif torch.is_tensor(first_batch):
-            self.estimate_scale_factor(first_batch)
-        else:
-            raise ValueError(
-                "scale_by_std=True needs images to estimate scale_factor, but the first batch has only "
-                f"{sorted(first_batch) if isinstance(first_batch, dict) else type(first_batch).__name__}; cache "
-                "the latents with this model's encode_dataset(...) (it estimates the scale before encoding)"
-            )
-
+    # ------------------------------------------------------------------ Sec. 3.1: the first stage and the scale factor
     @torch.no_grad()
     def estimate_scale_factor(self, images: torch.Tensor) -> float:
         """Set ``scale_factor = 1 / std(E(images))`` (all elements of the unscaled latents pooled); return it."""
@@ -365,7 +353,6 @@ class LatentDiffusion(nn.Module):
         self.scale_estimated = True
         return float(self.scale_factor)
 
-    # ------------------------------------------------------------------ first stage
     def encode_first_stage(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Images ``x (B, 3, H, W)`` in [-1, 1] -> scaled latents ``scale_factor * E(x)``, ``(B, c, H/f, W/f)``.
 
@@ -518,7 +505,7 @@ class LatentDiffusion(nn.Module):
             c = where_dropped(dropped, self.get_unconditional_conditioning(b, like=c), c)
         return c
 
-    # ------------------------------------------------------------------ the denoiser
+    # ------------------------------------------------------------------ Eq. 2 / Eq. 3: the denoiser and its loss
     def apply_model(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
         """``eps_theta(x_t, t, c)``: route the learned conditioning ``cond`` into the UNet by ``conditioning_key``.
 
@@ -572,7 +559,6 @@ class LatentDiffusion(nn.Module):
         """Same as :meth:`apply_model`."""
         return self.apply_model(x_t, t, cond)
 
-    # ------------------------------------------------------------------ training
     def get_input(self, batch) -> torch.Tensor:
         """The scaled latents of a batch: ``batch["latent"]`` as it is (pre-encoded, already scaled) or
         ``encode_first_stage(batch["image"])``. A bare tensor is taken as images."""
@@ -626,7 +612,48 @@ class LatentDiffusion(nn.Module):
                     out[f"loss_t/{lo}-{hi - 1}"] = float(per[sel].mean())
         return loss, out
 
-    # ------------------------------------------------------------------ latent caching
+    # ------------------------------------------------------------------ modes and the Trainer protocol
+    def train(self, mode: bool = True) -> "LatentDiffusion":
+        """Train mode for the UNet (and a trainable cond stage); the frozen parts stay in eval mode."""
+        super().train(mode)
+        if self.first_stage is not None:
+            self.first_stage.eval()
+        if self.cond_stage is not None and not self.cond_stage_trainable:
+            self.cond_stage.eval()
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        params = list(self.unet.parameters())
+        if self.cond_stage is not None and self.cond_stage_trainable:
+            params += [p for p in self.cond_stage.parameters() if p.requires_grad]
+        return params
+
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """``{"ldm": AdamW(UNet + trainable cond stage, lr)}`` -- the first stage is never optimised."""
+        return {"ldm": torch.optim.AdamW(self.trainable_parameters(), lr=self.lr, weight_decay=self.weight_decay)}
+
+    def ema_module(self) -> nn.Module:
+        """What the EMA tracks: the UNet, or ``ModuleDict(unet=..., cond_stage=...)`` with a trainable cond stage."""
+        if self.cond_stage is not None and self.cond_stage_trainable:
+            return nn.ModuleDict({"unet": self.unet, "cond_stage": self.cond_stage})
+        return self.unet
+
+    @torch.no_grad()
+    def on_train_start(self, first_batch) -> None:
+        """Called once by the Trainer at the start of a fresh run: ``scale_by_std`` estimates ``scale_factor``."""
+        if not self.scale_by_std or self.scale_estimated:
+            return
+        if isinstance(first_batch, dict) and "image" in first_batch:
+            self.estimate_scale_factor(first_batch["image"])
+        elif torch.is_tensor(first_batch):
+            self.estimate_scale_factor(first_batch)
+        else:
+            raise ValueError(
+                "scale_by_std=True needs images to estimate scale_factor, but the first batch has only "
+                f"{sorted(first_batch) if isinstance(first_batch, dict) else type(first_batch).__name__}; cache "
+                "the latents with this model's encode_dataset(...) (it estimates the scale before encoding)"
+            )
+
     def encode_dataset(self, dataset, batch_size: int = 64, keys: Sequence[str] | None = None,
                        progress: bool = True, num_workers: int = 0, collate_fn: Callable | None = None):
         """Encode a dataset once into a :class:`~ldm_lite.latents.LatentDataset` (see
@@ -636,7 +663,7 @@ class LatentDiffusion(nn.Module):
         return encode_dataset(self, dataset, batch_size=batch_size, keys=keys, progress=progress,
                               num_workers=num_workers, collate_fn=collate_fn)
 
-    # ------------------------------------------------------------------ sampling
+    # ------------------------------------------------------------------ sampling (chapter 05)
     @torch.no_grad()
     def sample(
         self,
