@@ -203,3 +203,63 @@ def test_layout_field_of_shapes_matches_boxes():
     assert item["layout"][:n, 4].tolist() == item["labels"][:n].tolist()
     assert (item["layout"][n:, 4:] == -1).all()
     LayoutEmbedder()(item["layout"][None])  # a dataset layout is valid input
+
+
+@pytest.fixture(scope="module")
+def tiny_exports(tmp_path_factory):
+    """A text and a layout model (pixel space, 3 steps), exported as the CLI would find them."""
+    from ldm_lite.experiments import LDMRecipe, train_ldm
+
+    root = tmp_path_factory.mktemp("cond_models")
+    paths = {}
+    for cond in ("text", "layout"):
+        recipe = LDMRecipe(data="shapes", size=16, first_stage="pixel", cond=cond, train_images=16, model_channels=32,
+                           channel_mult=(1, 2), attention_resolutions=(2,), num_head_channels=16, steps=3, batch_size=4,
+                           eval_images=4, lr_warmup_steps=0, cond_dim=32, holdout=("purple triangle",))
+        train_ldm(recipe, progress=False, export=str(root / cond))
+        paths[cond] = str(root / cond)
+    return paths
+
+
+def test_generate_is_deterministic_and_refuses_bad_prompts(tiny_exports):
+    from ldm_lite.interactive import generate
+    from ldm_lite.pretrained import load_ldm, load_manifest
+
+    model = load_ldm(tiny_exports["text"])
+    assert load_manifest(tiny_exports["text"])["recipe"]["holdout"] == ["purple triangle"]
+    a = generate(model, "a big red circle", guidance=3.0, seed=1, n=2, steps=2)
+    b = generate(model, "a big red circle", guidance=3.0, seed=1, n=2, steps=2)
+    assert a.shape == (2, 3, 16, 16) and torch.equal(a, b)
+    assert not torch.equal(a, generate(model, "a big red circle", guidance=3.0, seed=2, n=2, steps=2))
+    with pytest.raises(ValueError, match="write a prompt"):
+        generate(model, "   ")
+    with pytest.raises(ValueError, match="max_length"):
+        generate(model, " ".join(["a big red circle left of"] * 8))
+    with pytest.raises(ValueError, match="not on a caption"):
+        generate(load_ldm(tiny_exports["layout"]), "a big red circle")
+
+
+def test_cli_samples_prompts_and_layouts(tiny_exports, tmp_path, capsys):
+    import json
+
+    from ldm_lite import cli
+
+    out = tmp_path / "t.png"
+    cli.main(["sample", "--model", tiny_exports["text"], "--prompt", "a big red circle", "--prompt",
+              "a small blue square", "--n", "3", "--steps", "2", "--guidance", "3", "--out", str(out)])
+    assert out.exists()
+    spec = tmp_path / "layout.json"
+    spec.write_text(json.dumps([{"box": [0.1, 0.1, 0.6, 0.5], "shape": "circle", "color": "red", "size": "big"}]))
+    npz = tmp_path / "l.npz"
+    cli.main(["sample", "--model", tiny_exports["layout"], "--layout", str(spec), "--n", "2", "--steps", "2",
+              "--out", str(npz)])
+    assert json.loads(npz.with_suffix(".json").read_text())["layout"] == str(spec)
+    spec.write_text(json.dumps([{"box": [0.1, 0.1, 0.6, 0.5], "shape": "circle", "color": "mauve"}]))
+    with pytest.raises(SystemExit, match="mauve"):
+        cli.main(["sample", "--model", tiny_exports["layout"], "--layout", str(spec), "--out", str(out)])
+    spec.write_text(json.dumps([{"box": [0.1, 0.1, 0.6, 0.5], "shape": "circle", "color": "red"}]))
+    with pytest.raises(SystemExit, match="use --prompt, not --layout"):
+        cli.main(["sample", "--model", tiny_exports["text"], "--layout", str(spec), "--out", str(out)])
+    with pytest.raises(SystemExit, match="max_length"):
+        cli.main(["sample", "--model", tiny_exports["text"], "--prompt", "a big red circle left of " * 8,
+                  "--out", str(out)])

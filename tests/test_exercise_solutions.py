@@ -29,6 +29,28 @@ def test_08_evaluation_solutions_pass_the_notebook_checks():
     assert abs(sol.my_recall(f_ref, f_good) - M.precision_recall(f_ref, f_good)[1]) < 1e-9
 
 
+def test_06_conditioning_solutions_pass_the_notebook_checks():
+    import math
+
+    import torch
+
+    from ldm_lite.conditioning import fourier_features
+    from ldm_lite.diffusion.guidance import cfg_combine
+
+    sol = _load("06_cross_attention_conditioning")
+    g = torch.Generator().manual_seed(0)
+    e_u, e_c = torch.randn(4, 4, 8, 8, generator=g), torch.randn(4, 4, 8, 8, generator=g)
+    for s in (0.0, 1.0, 3.0, 7.5):
+        torch.testing.assert_close(sol.my_cfg(e_u, e_c, s), cfg_combine(e_u, e_c, s))
+    labels = torch.randint(0, 10, (20_000,), generator=torch.Generator().manual_seed(0))
+    out = sol.drop_labels(labels.clone(), 0.1, 10, torch.Generator().manual_seed(1))
+    changed = out != labels
+    assert bool((out[changed] == 10).all())
+    assert abs(float(changed.float().mean()) - 0.1) < 4 * math.sqrt(0.1 * 0.9 / 20_000)
+    x = torch.rand(5, 3, 4, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(sol.box_features(x, 6), fourier_features(x, 6))
+
+
 def test_progress_summary_mode_prints_one_line(monkeypatch, capsys):
     from ldm_lite.progress import progress
 
