@@ -98,6 +98,8 @@ def _add_train_ldm(sub) -> None:
     p.add_argument("--cond-depth", type=int, default=d.cond_depth, help="transformer blocks of a trained cond stage")
     p.add_argument("--text-encoder", default=d.text_encoder,
                    help="--cond text-frozen: minilm (offline) | openai/clip-vit-large-patch14 (if cached) | a folder")
+    p.add_argument("--init-from", default=None,
+                   help="start the UNet from this exported LDM where shapes match (fine-tune, e.g. ldm_openmoji64)")
     p.add_argument("--holdout", default="", help="shapes: 'colour shape' pairs never trained on, e.g. "
                                                  "'purple triangle,green cross'")
     p.add_argument("--model-channels", type=int, default=d.model_channels)
@@ -138,7 +140,7 @@ def _run_train_ldm(args) -> dict:
         norm_num_groups=args.norm_num_groups, parameterization=args.parameterization, weighting=None if args.weighting == "none" else args.weighting,
         scale_by_std=not args.no_scale_by_std, scale_factor=args.scale_factor, cond_drop_prob=args.cond_drop_prob,
         cond_dim=args.cond_dim, cond_depth=args.cond_depth, text_encoder=args.text_encoder,
-        holdout=tuple(h.strip() for h in args.holdout.split(",") if h.strip()),
+        holdout=tuple(h.strip() for h in args.holdout.split(",") if h.strip()), init_from=args.init_from,
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, lr_warmup_steps=args.lr_warmup_steps,
         lr_schedule=args.lr_schedule, ema_decay=args.ema_decay or None, seed=args.seed,
     )

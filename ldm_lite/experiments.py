@@ -340,6 +340,7 @@ class LDMRecipe:
     text_encoder: str = "minilm"
     max_length: int = 32
     holdout: tuple[str, ...] = ()
+    init_from: str | None = None  # a shipped / exported LDM whose UNet weights start this run (where shapes match)
     steps: int = 3000
     batch_size: int = 32
     lr: float = 2e-4
@@ -435,7 +436,7 @@ def make_cond_stage(recipe: LDMRecipe, num_classes: int | None = None, vocabular
         return module, dict(conditioning_key="crossattn", cond_key=recipe.cond_key or "caption",
                             context_dim=recipe.cond_dim, unconditional_value="", cond_stage_trainable=True)
     if cond == "text-frozen":
-        module = FrozenTextEncoder(recipe.text_encoder, max_length=recipe.max_length)
+        module = FrozenTextEncoder(recipe.text_encoder, max_length=recipe.max_length, cache_size=20_000)
         return module, dict(conditioning_key="crossattn", cond_key=recipe.cond_key or "caption",
                             context_dim=module.embed_dim, unconditional_value="", cond_stage_trainable=False)
     if cond == "layout":
@@ -561,6 +562,9 @@ def train_ldm(recipe: LDMRecipe, first_stage=None, out_dir: str | None = None, c
     if recipe.cond == "text":
         vocabulary = _training_vocabulary(train_set, recipe.max_length)
     model = build_ldm(recipe, ae, cond_stage, num_classes, vocabulary)
+    init_report = None
+    if recipe.init_from:
+        init_report = init_unet_from(model, recipe.init_from)
 
     encode_time = 0.0
     data = train_set
@@ -620,13 +624,34 @@ def train_ldm(recipe: LDMRecipe, first_stage=None, out_dir: str | None = None, c
             recipe={k: (list(v) if isinstance(v, tuple) else _jsonable(v)) for k, v in recipe.__dict__.items()},
             command=command or " ".join(shlex.quote(a) for a in sys.argv),
             steps=recipe.steps, wall_time_s=round(wall, 1), encode_time_s=round(encode_time, 1),
-            cached_latents=bool(cache_latents), device=str(trainer.device), torch_threads=torch.get_num_threads(),
+            init_from=init_report, cached_latents=bool(cache_latents), device=str(trainer.device), torch_threads=torch.get_num_threads(),
             torch=torch.__version__, metrics={k: round(v, 5) for k, v in metrics.items()},
             final_train_logs={k: round(v, 5) for k, v in history[-1].items()} if history else {},
             date=datetime.date.today().isoformat(),
         )
         result["weights"] = str(save_pretrained(ldm_export_module(model), target, manifest))
     return result
+
+
+def init_unet_from(model, source: str) -> dict:
+    """Start ``model``'s UNet from an exported LDM's (``source``: shipped name or path): every tensor whose
+    name and shape match is copied; the rest (e.g. the key/value projections of cross-attention layers that
+    were self-attention in an unconditional model) keep their fresh initialisation. Returns what was done.
+    Fine-tuning a trained unconditional model into a conditional one is far cheaper than training from zero."""
+    from ldm_lite.pretrained import load_manifest, load_state_dict, resolve
+
+    if load_manifest(source).get("kind") != "ldm":
+        raise ValueError(f"init_from={source!r} is not an LDM checkpoint (manifest kind 'ldm')")
+    src = {k[len("unet."):]: v for k, v in load_state_dict(resolve(source)).items() if k.startswith("unet.")}
+    own = model.unet.state_dict()
+    copied = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
+    if not copied:
+        raise ValueError(f"no UNet tensor of {source!r} matches this model's shapes; build the same UNet "
+                         "(model_channels, channel_mult, attention_resolutions ...) as the source")
+    own.update(copied)
+    model.unet.load_state_dict(own)
+    fresh = sorted(set(own) - set(copied))
+    return dict(source=str(source), copied=len(copied), fresh=len(fresh), fresh_examples=fresh[:6])
 
 
 def _training_vocabulary(train_set, max_length: int, limit: int = 5000) -> list[int]:

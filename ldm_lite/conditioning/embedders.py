@@ -211,11 +211,14 @@ class FrozenTextEncoder(nn.Module):
     loads any ``AutoModel`` there. The encoder has no trainable parameters and always runs in eval mode.
     """
 
-    def __init__(self, name: str = "minilm", max_length: int = 32):
+    def __init__(self, name: str = "minilm", max_length: int = 32, cache_size: int = 0):
         super().__init__()
         import os
 
         self.name, self.max_length = name, max_length
+        # A frozen encoder maps a caption to the same states every time: remember up to cache_size captions
+        # (OpenMoji's ~1,900 captions cost ~90 MB) so training does not run MiniLM again each step.
+        self.cache_size, self._cache = int(cache_size), {}
         if name == "minilm":
             from transformers import AutoModel
 
@@ -262,12 +265,30 @@ class FrozenTextEncoder(nn.Module):
         return enc["input_ids"], enc["attention_mask"].bool()
 
     @torch.no_grad()
-    def forward(self, captions) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         dev = next(self.model.parameters()).device
         ids, mask = self.tokenize(captions)
         ids, mask = ids.to(dev), mask.to(dev)
         out = self.model(input_ids=ids, attention_mask=mask.long())
         return out.last_hidden_state.float(), mask
+
+    @torch.no_grad()
+    def forward(self, captions) -> tuple[torch.Tensor, torch.Tensor]:
+        captions = [captions] if isinstance(captions, str) else list(captions)
+        if not self.cache_size:
+            return self._encode(captions)
+        todo = sorted({c for c in captions if c not in self._cache})
+        if todo:
+            h, m = self._encode(todo)
+            for c, hc, mc in zip(todo, h.cpu(), m.cpu()):
+                if len(self._cache) < self.cache_size:
+                    self._cache[c] = (hc, mc)
+        if any(c not in self._cache for c in captions):  # the cache is full: encode this batch directly
+            return self._encode(captions)
+        dev = next(self.model.parameters()).device
+        h = torch.stack([self._cache[c][0] for c in captions]).to(dev)
+        m = torch.stack([self._cache[c][1] for c in captions]).to(dev)
+        return h, m
 
     def config(self) -> dict:
         return dict(type="text-frozen", name=self.name, max_length=self.max_length)
