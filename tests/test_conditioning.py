@@ -263,3 +263,35 @@ def test_cli_samples_prompts_and_layouts(tiny_exports, tmp_path, capsys):
     with pytest.raises(SystemExit, match="max_length"):
         cli.main(["sample", "--model", tiny_exports["text"], "--prompt", "a big red circle left of " * 8,
                   "--out", str(out)])
+
+
+def test_frozen_encoder_cache_is_exact_and_bounded():
+    plain, cached = FrozenTextEncoder("minilm"), FrozenTextEncoder("minilm", cache_size=2)
+    caps = ["a red heart", "grinning face", "a red heart", "a rocket"]
+    h, m = plain(caps)
+    for _ in range(2):  # first call fills the cache (2 of 3 captions fit), the second reads it
+        hc, mc = cached(caps)
+        torch.testing.assert_close(hc, h)
+        assert torch.equal(mc, m)
+    assert len(cached._cache) == 2
+
+
+def test_init_from_copies_matching_unet_weights(tiny_exports):
+    from ldm_lite.experiments import LDMRecipe, build_ldm, init_unet_from
+    from ldm_lite.pretrained import load_ldm
+
+    src = load_ldm(tiny_exports["text"])
+    recipe = LDMRecipe(data="shapes", size=16, first_stage="pixel", cond="layout", model_channels=32,
+                       channel_mult=(1, 2), attention_resolutions=(2,), num_head_channels=16, cond_dim=32)
+    model = build_ldm(recipe, None)
+    report = init_unet_from(model, tiny_exports["text"])
+    own, theirs = model.unet.state_dict(), src.unet.state_dict()
+    assert report["copied"] == len(own) and report["fresh"] == 0  # same UNet, same context width: all copied
+    assert all(torch.allclose(own[k], theirs[k]) for k in own)
+    wider = build_ldm(LDMRecipe(data="shapes", size=16, first_stage="pixel", cond="layout", model_channels=32,
+                                channel_mult=(1, 2), attention_resolutions=(2,), num_head_channels=16, cond_dim=64),
+                      None)
+    report = init_unet_from(wider, tiny_exports["text"])
+    assert report["fresh"] > 0 and all("attn2.to_k" in k or "attn2.to_v" in k for k in report["fresh_examples"])
+    with pytest.raises(ValueError, match="not an LDM"):
+        init_unet_from(model, "ae_kl_f4_openmoji64")
