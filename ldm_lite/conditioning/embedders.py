@@ -201,6 +201,23 @@ class TransformerEmbedder(nn.Module):
 CLIP_NAMES = ("openai/clip-vit-large-patch14",)
 
 
+class _quiet_loading:
+    """Hide transformers' "Loading weights" progress bar (a 1-second load; in a committed notebook it would be
+    stored as a widget frozen at 0 %), restoring the caller's setting afterwards."""
+
+    def __enter__(self):
+        from transformers.utils import logging as hf_logging
+
+        self._log = hf_logging
+        self._was_disabled = hf_logging.is_progress_bar_enabled() is False
+        hf_logging.disable_progress_bar()
+
+    def __exit__(self, *exc):
+        if not self._was_disabled:
+            self._log.enable_progress_bar()
+        return False
+
+
 class FrozenTextEncoder(nn.Module):
     """A pre-trained text encoder, frozen: captions -> per-token hidden states + padding mask.
 
@@ -223,14 +240,16 @@ class FrozenTextEncoder(nn.Module):
             from transformers import AutoModel
 
             self.tokenizer = WordPieceTokenizer(max_length=max_length)
-            self.model = AutoModel.from_pretrained(str(minilm_dir()))
+            with _quiet_loading():
+                self.model = AutoModel.from_pretrained(str(minilm_dir()))
             self._hf_tokenizer = None
         elif name in CLIP_NAMES or name.startswith("openai/clip"):
             from transformers import CLIPTextModel, CLIPTokenizer
 
             try:
                 self._hf_tokenizer = CLIPTokenizer.from_pretrained(name, local_files_only=True)
-                self.model = CLIPTextModel.from_pretrained(name, local_files_only=True)
+                with _quiet_loading():
+                    self.model = CLIPTextModel.from_pretrained(name, local_files_only=True)
             except OSError as err:
                 raise FileNotFoundError(
                     f"the weights of {name} are not in the Hugging Face cache (this machine is offline). On a "
@@ -243,7 +262,8 @@ class FrozenTextEncoder(nn.Module):
             from transformers import AutoModel, AutoTokenizer
 
             self._hf_tokenizer = AutoTokenizer.from_pretrained(name)
-            self.model = AutoModel.from_pretrained(name)
+            with _quiet_loading():
+                self.model = AutoModel.from_pretrained(name)
             self.tokenizer = None
         else:
             raise ValueError(f"unknown text encoder {name!r}: use 'minilm', {CLIP_NAMES[0]!r} or a model folder")

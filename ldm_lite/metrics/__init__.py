@@ -25,7 +25,9 @@ from ldm_lite.metrics.distances import (
     feature_statistics, fid_from_features, frechet_distance, kid_from_features, precision_recall,
 )
 from ldm_lite.metrics.quality import fid, format_metric, kid, sample_quality
-from ldm_lite.metrics.distances import StreamingFeatureStats, bootstrap_interval, set_metrics_with_intervals
+from ldm_lite.metrics.distances import (
+    StreamingFeatureStats, bootstrap_interval, set_metrics_with_intervals, wilson_interval,
+)
 from ldm_lite.metrics.features import DOMAIN_KINDS, domain_feature_extractor
 from ldm_lite.metrics.quality import features_of, format_report, quality_report, stream_features
 from ldm_lite.metrics.evaluators import (
