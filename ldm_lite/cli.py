@@ -110,6 +110,9 @@ def _add_train_ldm(sub) -> None:
     p.add_argument("--num-head-channels", type=int, default=d.num_head_channels)
     p.add_argument("--norm-num-groups", type=int, default=d.norm_num_groups,
                    help="GroupNorm groups (must divide every level's channels)")
+    p.add_argument("--coord-channels", action="store_true",
+                   help="give the UNet two coordinate input channels (x, y in [-1, 1]); helps layout models place "
+                        "objects (chapter 06)")
     p.add_argument("--parameterization", choices=["eps", "x0", "v"], default=d.parameterization)
     p.add_argument("--weighting", choices=["none", "min_snr"], default="none")
     p.add_argument("--no-scale-by-std", action="store_true", help="keep scale_factor (default: estimate 1/std)")
@@ -137,7 +140,7 @@ def _run_train_ldm(args) -> dict:
         cond=None if args.cond == "none" else args.cond, model_channels=args.model_channels,
         channel_mult=args.channel_mult, num_res_blocks=args.num_res_blocks,
         attention_resolutions=args.attention_resolutions, num_head_channels=args.num_head_channels,
-        norm_num_groups=args.norm_num_groups, parameterization=args.parameterization, weighting=None if args.weighting == "none" else args.weighting,
+        norm_num_groups=args.norm_num_groups, coord_channels=args.coord_channels, parameterization=args.parameterization, weighting=None if args.weighting == "none" else args.weighting,
         scale_by_std=not args.no_scale_by_std, scale_factor=args.scale_factor, cond_drop_prob=args.cond_drop_prob,
         cond_dim=args.cond_dim, cond_depth=args.cond_depth, text_encoder=args.text_encoder,
         holdout=tuple(h.strip() for h in args.holdout.split(",") if h.strip()), init_from=args.init_from,

@@ -325,6 +325,7 @@ class LDMRecipe:
     use_scale_shift_norm: bool = False
     dropout: float = 0.0
     norm_num_groups: int = 32
+    coord_channels: bool = False
     schedule: str = "linear"
     timesteps: int = 1000
     linear_start: float = 0.00085
@@ -375,7 +376,8 @@ class LDMRecipe:
                           attention_resolutions=self.attention_resolutions, num_head_channels=self.num_head_channels,
                           context_dim=context_dim, transformer_depth=self.transformer_depth,
                           use_scale_shift_norm=self.use_scale_shift_norm, dropout=self.dropout,
-                          num_classes=num_classes, norm_num_groups=self.norm_num_groups)
+                          num_classes=num_classes, norm_num_groups=self.norm_num_groups,
+                          coord_channels=self.coord_channels)
 
 
 def find_autoencoder(data: str, size: int) -> str:
@@ -634,24 +636,48 @@ def train_ldm(recipe: LDMRecipe, first_stage=None, out_dir: str | None = None, c
 
 
 def init_unet_from(model, source: str) -> dict:
-    """Start ``model``'s UNet from an exported LDM's (``source``: shipped name or path): every tensor whose
-    name and shape match is copied; the rest (e.g. the key/value projections of cross-attention layers that
-    were self-attention in an unconditional model) keep their fresh initialisation. Returns what was done.
-    Fine-tuning a trained unconditional model into a conditional one is far cheaper than training from zero."""
+    """Start ``model`` from an exported LDM (``source``: shipped name or path): every UNet tensor whose name
+    and shape match is copied; so is every tensor of a trainable cond stage (the text transformer, the layout
+    embedder) when the source has the same one -- a UNet whose cross-attention was trained against one text
+    encoder is of little use beside a freshly initialised one. The rest (e.g. the key/value projections of
+    cross-attention layers that were self-attention in an unconditional model) keep their fresh
+    initialisation. A first convolution with more input channels than the source's (``coord_channels``) gets
+    the source's weights on the old channels and zeros on the new ones, so the run starts exactly where the
+    source model ended. Returns what was done. Fine-tuning a trained model is far cheaper than training
+    from zero."""
     from ldm_lite.pretrained import load_manifest, load_state_dict, resolve
 
     if load_manifest(source).get("kind") != "ldm":
         raise ValueError(f"init_from={source!r} is not an LDM checkpoint (manifest kind 'ldm')")
-    src = {k[len("unet."):]: v for k, v in load_state_dict(resolve(source)).items() if k.startswith("unet.")}
+    state = load_state_dict(resolve(source))
+    src = {k[len("unet."):]: v for k, v in state.items() if k.startswith("unet.")}
     own = model.unet.state_dict()
     copied = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
+    widened = []
+    for k, v in src.items():  # a first convolution with extra input channels: old channels copied, new zeroed
+        if (k in own and k not in copied and v.ndim == 4 and own[k].ndim == 4 and own[k].shape[1] > v.shape[1]
+                and own[k].shape[0] == v.shape[0] and own[k].shape[2:] == v.shape[2:]):
+            w = torch.zeros_like(own[k])
+            w[:, : v.shape[1]] = v
+            copied[k] = w
+            widened.append(k)
     if not copied:
         raise ValueError(f"no UNet tensor of {source!r} matches this model's shapes; build the same UNet "
                          "(model_channels, channel_mult, attention_resolutions ...) as the source")
     own.update(copied)
     model.unet.load_state_dict(own)
     fresh = sorted(set(own) - set(copied))
-    return dict(source=str(source), copied=len(copied), fresh=len(fresh), fresh_examples=fresh[:6])
+    report = dict(source=str(source), copied=len(copied), fresh=len(fresh), fresh_examples=fresh[:6],
+                  widened_zero_init=widened, cond_stage_copied=0)
+    cs = getattr(model, "cond_stage", None)
+    if cs is not None and getattr(model, "cond_stage_trainable", False):
+        src_cs = {k[len("cond_stage."):]: v for k, v in state.items() if k.startswith("cond_stage.")}
+        own_cs = cs.state_dict()
+        if (src_cs and set(src_cs) == set(own_cs) and all(own_cs[k].shape == v.shape for k, v in src_cs.items())
+                and all(torch.equal(own_cs[k], v) for k, v in src_cs.items() if not v.is_floating_point())):
+            cs.load_state_dict(src_cs)  # all or nothing: half a text encoder is worse than a fresh one
+            report["cond_stage_copied"] = len(src_cs)
+    return report
 
 
 def _training_vocabulary(train_set, max_length: int, limit: int = 5000) -> list[int]:

@@ -72,6 +72,7 @@ class UNetConfig:
     use_linear_in_transformer: bool = False
     conv_resample: bool = True
     norm_num_groups: int = 32
+    coord_channels: bool = False
 
     def __post_init__(self):
         self.channel_mult = tuple(self.channel_mult)
@@ -121,6 +122,12 @@ class UNetModel(nn.Module):
         use_linear_in_transformer: linear instead of 1×1-conv projections in SpatialTransformers.
         conv_resample: learned (conv) instead of fixed (avg-pool / nearest) resampling.
         norm_num_groups: GroupNorm groups (32 in LDM); every level width must be divisible by it.
+        coord_channels: append two fixed channels, x and y running from -1 to 1 across the canvas, to the
+            input before the first convolution (CoordConv, Liu et al. 2018). Not in LDM: a convolution is
+            translation-equivariant and knows where it is only through the zero padding at the border, which
+            on a 16×16 latent is a weak signal; a layout model whose boxes arrive through cross-attention
+            needs "where am I" at every position (chapter 06). ``in_channels`` stays the latent's; the
+            coordinates span the canvas actually sampled, so a 2× canvas stretches them.
 
     ``forward(x, timesteps, context=None, y=None, context_mask=None)``:
     ``x`` (B, in_channels, H, W), ``timesteps`` (B,) or a scalar, ``context`` (B, M, context_dim),
@@ -148,6 +155,7 @@ class UNetModel(nn.Module):
         use_linear_in_transformer: bool = False,
         conv_resample: bool = True,
         norm_num_groups: int = 32,
+        coord_channels: bool = False,
     ):
         super().__init__()
         cfg = UNetConfig(
@@ -158,7 +166,7 @@ class UNetModel(nn.Module):
             use_spatial_transformer=use_spatial_transformer, use_scale_shift_norm=use_scale_shift_norm,
             resblock_updown=resblock_updown, dropout=dropout, num_classes=num_classes,
             use_checkpoint=use_checkpoint, use_linear_in_transformer=use_linear_in_transformer,
-            conv_resample=conv_resample, norm_num_groups=norm_num_groups,
+            conv_resample=conv_resample, norm_num_groups=norm_num_groups, coord_channels=coord_channels,
         )
         self._validate(cfg)
         self.config = cfg
@@ -167,6 +175,7 @@ class UNetModel(nn.Module):
         self.num_classes = num_classes
         self.context_dim = context_dim
         self.use_checkpoint = use_checkpoint
+        self.coord_channels = bool(coord_channels)
 
         emb_dim = 4 * model_channels
         # t ↦ sinusoidal(t) (B, C) ↦ MLP ↦ (B, 4C)
@@ -187,7 +196,7 @@ class UNetModel(nn.Module):
             return AttentionBlock(ch, num_heads=heads, norm_num_groups=norm_num_groups)
 
         # ---- encoder -------------------------------------------------------------------------
-        conv_in = nn.Conv2d(in_channels, model_channels, 3, padding=1)
+        conv_in = nn.Conv2d(in_channels + 2 * self.coord_channels, model_channels, 3, padding=1)
         self.input_blocks = nn.ModuleList([TimestepEmbedSequential(conv_in)])
         skip_chans = [model_channels]  # channels of every activation the decoder will concatenate
         ch, ds = model_channels, 1
@@ -348,7 +357,7 @@ class UNetModel(nn.Module):
         if self.num_classes is not None:
             emb = emb + self.label_emb(y)
         hs = []
-        h = x
+        h = torch.cat([x, self.coordinates(x)], dim=1) if self.coord_channels else x
         for block in self.input_blocks:
             h = self._run(block, h, emb, context, context_mask)
             hs.append(h)
@@ -357,6 +366,16 @@ class UNetModel(nn.Module):
             h = torch.cat([h, hs.pop()], dim=1)
             h = self._run(block, h, emb, context, context_mask)
         return self.out(h)
+
+    @staticmethod
+    def coordinates(x: torch.Tensor) -> torch.Tensor:
+        """The two coordinate channels of ``coord_channels=True`` for an input like ``x``: (B, 2, H, W),
+        channel 0 = x (column) and channel 1 = y (row), each running linearly from -1 to 1."""
+        b, _, hh, ww = x.shape
+        ys = torch.linspace(-1.0, 1.0, hh, device=x.device, dtype=x.dtype)
+        xs = torch.linspace(-1.0, 1.0, ww, device=x.device, dtype=x.dtype)
+        grid = torch.stack([xs[None, :].expand(hh, ww), ys[:, None].expand(hh, ww)])
+        return grid[None].expand(b, 2, hh, ww)
 
     # ------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -418,6 +437,8 @@ def diffusers_equivalent(config: UNetConfig) -> tuple[str, dict]:
     ``flip_sin_to_cos=True, freq_shift=0`` like LDM.
     """
     cfg = config
+    if cfg.coord_channels:
+        raise ValueError("diffusers' UNets have no coordinate channels (coord_channels=True is ldm-lite's addition)")
     if not cfg.conv_resample:
         raise ValueError("diffusers' UNets have no conv_resample=False option")
     if cfg.channel_mult[0] != 1:
