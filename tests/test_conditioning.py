@@ -295,3 +295,37 @@ def test_init_from_copies_matching_unet_weights(tiny_exports):
     assert report["fresh"] > 0 and all("attn2.to_k" in k or "attn2.to_v" in k for k in report["fresh_examples"])
     with pytest.raises(ValueError, match="not an LDM"):
         init_unet_from(model, "ae_kl_f4_openmoji64")
+
+
+def test_init_from_copies_the_cond_stage_and_widens_to_coordinate_channels(tiny_exports):
+    """A continuation starts exactly at its source: same text encoder weights, and a layout model given
+    coordinate channels (zero weights on them) predicts the same ε as the model it starts from."""
+    import dataclasses
+
+    from ldm_lite.experiments import LDMRecipe, build_ldm, init_unet_from
+    from ldm_lite.pretrained import load_ldm, load_manifest
+
+    for name, extra in (("text", {}), ("layout", {"coord_channels": True})):
+        src = load_ldm(tiny_exports[name]).eval()
+        fields = {f.name for f in dataclasses.fields(LDMRecipe)}
+        rec = {k: tuple(v) if isinstance(v, list) else v
+               for k, v in load_manifest(tiny_exports[name])["recipe"].items() if k in fields}
+        rec.update(extra)
+        vocab = torch.nonzero(src.cond_stage.lookup < src.cond_stage.lookup.max()).flatten().tolist() \
+            if name == "text" else None  # the kept WordPiece ids (every id not on the [UNK] row)
+        model = build_ldm(LDMRecipe(**rec), None, vocabulary=vocab).eval()
+        report = init_unet_from(model, tiny_exports[name])
+        assert report["cond_stage_copied"] == len(model.cond_stage.state_dict()) > 0
+        assert report["widened_zero_init"] == (["input_blocks.0.0.weight"] if extra else [])
+        if extra:
+            assert model.unet.input_blocks[0][0].in_channels == src.unet.input_blocks[0][0].in_channels + 2
+        if name == "text":
+            raw = ["a big red circle", "a small blue square"]
+        else:
+            from ldm_lite.data import ShapesDataset
+
+            raw = torch.stack([torch.as_tensor(ShapesDataset(16, length=2, seed=3)[i]["layout"]) for i in range(2)])
+        c_new, c_old = model.get_learned_conditioning(raw), src.get_learned_conditioning(raw)
+        x, t = torch.randn(2, 3, 16, 16), torch.tensor([5, 700])
+        with torch.no_grad():
+            torch.testing.assert_close(model.apply_model(x, t, c_new), src.apply_model(x, t, c_old))

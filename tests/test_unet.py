@@ -429,3 +429,24 @@ def test_outputs_match_diffusers_with_copied_weights(kind):
             ours, theirs = unet(x, t), ref(x, t, encoder_hidden_states=None).sample
     assert ours.abs().mean() > 0.1
     torch.testing.assert_close(ours, theirs, atol=2e-4, rtol=2e-4)
+
+
+def test_coordinate_channels():
+    """coord_channels appends x and y in [-1, 1]; the latent's in_channels stay as they are; position
+    becomes visible to the network (a constant input gives a position-dependent first feature map)."""
+    from ldm_lite.unet import UNetModel
+
+    x = torch.zeros(2, 4, 8, 6)
+    grid = UNetModel.coordinates(x)
+    assert grid.shape == (2, 2, 8, 6)
+    torch.testing.assert_close(grid[0, 0, 0], torch.linspace(-1, 1, 6))  # x runs along a row
+    torch.testing.assert_close(grid[0, 1, :, 0], torch.linspace(-1, 1, 8))  # y down a column
+    unet = UNetModel(in_channels=4, out_channels=4, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                     attention_resolutions=(2,), num_head_channels=16, coord_channels=True)
+    assert unet.in_channels == 4 and unet.input_blocks[0][0].in_channels == 6
+    h = unet.input_blocks[0][0](torch.cat([x, grid], 1))
+    assert h[:, :, 2:-2, 2:-2].std(dim=(2, 3)).max() > 0  # varies with position away from the padding
+    assert unet(torch.randn(2, 4, 8, 8), torch.tensor([1, 2])).shape == (2, 4, 8, 8)
+    assert UNetModel.from_config(unet.to_config()).input_blocks[0][0].in_channels == 6
+    with pytest.raises(ValueError, match="coordinate channels"):
+        diffusers_equivalent(unet.to_config())
