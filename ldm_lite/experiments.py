@@ -342,6 +342,10 @@ class LDMRecipe:
     max_length: int = 32
     holdout: tuple[str, ...] = ()
     init_from: str | None = None  # a shipped / exported LDM whose UNet weights start this run (where shapes match)
+    task: str | None = None  # spatial conditioning (concat): "sr", "inpaint", "semantic"
+    sr_factor: int = 4
+    degradation: str = "bicubic"
+    mask_fraction: float = 0.3
     steps: int = 3000
     batch_size: int = 32
     lr: float = 2e-4
@@ -360,6 +364,20 @@ class LDMRecipe:
                 f"LDMRecipe.cond must be one of {CONDS}, got {self.cond!r}; for spatial conditions (concat) "
                 "pass cond_stage=... to train_ldm and set conditioning_key / cond_key"
             )
+        if self.task is not None:
+            from ldm_lite.data.spatial import DEGRADATIONS, TASKS
+
+            if self.task not in TASKS:
+                raise ValueError(f"LDMRecipe.task must be one of {TASKS} (or None), got {self.task!r}")
+            if self.cond is not None:
+                raise ValueError(f"task={self.task!r} conditions on a spatial map by concatenation; it cannot be "
+                                 f"combined with cond={self.cond!r} here (leave cond=None)")
+            if self.task == "semantic" and self.data != "shapes":
+                raise ValueError(f"task='semantic' needs segmentation maps: use data='shapes' (got {self.data!r})")
+            if self.degradation not in DEGRADATIONS:
+                raise ValueError(f"degradation must be one of {DEGRADATIONS}, got {self.degradation!r}")
+            if self.sr_factor < 1 or self.sr_factor & (self.sr_factor - 1):
+                raise ValueError(f"sr_factor must be a power of two (4 for the paper's ×4 SR), got {self.sr_factor}")
         if self.cond == "layout" and self.data != "shapes":
             raise ValueError(f"cond='layout' needs boxes with classes: use data='shapes' (got {self.data!r})")
 
@@ -449,6 +467,48 @@ def make_cond_stage(recipe: LDMRecipe, num_classes: int | None = None, vocabular
     raise ValueError(f"recipe.cond={cond!r} has no cond stage")
 
 
+def make_spatial_stage(recipe: LDMRecipe, first_stage=None):
+    """The cond stage of a spatial ``recipe.task`` (concatenated with z_t, Sec. 3.3): ``(module or None,
+    settings, extra input channels of the UNet)``.
+
+    ============  ==========================================================================================
+    ``"sr"``      ``lr_image`` (×``sr_factor`` smaller) at the latent size: no cond stage when the factor is
+                  f (the paper's LDM-SR: f = 4, ×4), else a parameter-free :class:`SpatialRescaler`; +3 ch.
+    ``"inpaint"`` ``masked_image`` (encoded by the first stage) + ``hole_mask`` (max-pooled to the latent
+                  size): :class:`InpaintConcat`; + c + 1 channels (c latent channels).
+    ``"semantic"`` ``segmentation`` -> one-hot (background + 6 shapes) -> :class:`SemanticEncoder` (bilinear
+                  to the latent size + a learned 1×1 convolution to c channels); + c channels.
+    ============  ==========================================================================================
+    Concatenated conditions are never dropped (no guidance), as in the paper's SR / inpainting / semantic models.
+    """
+    import math
+
+    from ldm_lite.conditioning import InpaintConcat, SemanticEncoder, SpatialRescaler
+    from ldm_lite.data.shapes import SHAPES
+
+    f = int(first_stage.config.f) if first_stage is not None else 1
+    latent_ch = first_stage.embed_dim if first_stage is not None else 3
+    base = dict(conditioning_key="concat", unconditional_value=None)
+    if recipe.task == "sr":
+        ratio = recipe.sr_factor / f  # the LR image is ratio times smaller than the latent
+        if ratio == 1:
+            module = None
+        else:
+            stages = int(round(abs(math.log2(ratio))))
+            module = SpatialRescaler(stages, 3, None, method="bicubic" if ratio > 1 else "area",
+                                     multiplier=2.0 if ratio > 1 else 0.5)
+        return module, dict(base, cond_key=recipe.cond_key or "lr_image", cond_stage_trainable=False), 3
+    if recipe.task == "inpaint":
+        if first_stage is None:
+            raise ValueError("task='inpaint' here encodes the masked image with the first stage; use an autoencoder "
+                             "(first_stage='auto' or a name), not 'pixel'")
+        return (InpaintConcat(f), dict(base, cond_key=("masked_image", "hole_mask"), cond_stage_trainable=False),
+                latent_ch + 1)
+    stages = int(round(math.log2(f)))
+    module = SemanticEncoder(1 + len(SHAPES), stages, latent_ch)
+    return module, dict(base, cond_key=recipe.cond_key or "segmentation", cond_stage_trainable=True), latent_ch
+
+
 def build_ldm(recipe: LDMRecipe, first_stage=None, cond_stage: torch.nn.Module | None = None,
               num_classes: int | None = None, vocabulary: Sequence[int] | None = None):
     """The :class:`~ldm_lite.ldm.LatentDiffusion` of a recipe: first stage (module, ``"pixel"``, name),
@@ -473,12 +533,19 @@ def build_ldm(recipe: LDMRecipe, first_stage=None, cond_stage: torch.nn.Module |
         kw.update({k: settings[k] for k in ("conditioning_key", "cond_key", "unconditional_value",
                                             "cond_stage_trainable")})
         context_dim = settings["context_dim"]
+    if recipe.task is not None:
+        if cond_stage is not None:
+            raise ValueError(f"recipe.task={recipe.task!r} builds its own cond stage; pass cond_stage=None")
+        cond_stage, settings, extra_ch = make_spatial_stage(recipe, ae)
+        kw.update({k: settings[k] for k in ("conditioning_key", "cond_key", "unconditional_value",
+                                            "cond_stage_trainable")})
+        in_ch = latent_ch + extra_ch
     if recipe.cond == "class-adm":
         if num_classes is None:
             raise ValueError("cond='class-adm' needs the number of classes: set LDMRecipe.num_classes")
         unet_classes = num_classes + 1  # the last class is the null class of classifier-free guidance
         kw.update(conditioning_key="adm", cond_key=recipe.cond_key or "label", unconditional_value=num_classes)
-    if kw["conditioning_key"] in ("concat", "hybrid"):
+    if kw["conditioning_key"] in ("concat", "hybrid") and recipe.task is None:
         raise ValueError("concat / hybrid recipes need the condition's channels; build the LatentDiffusion by hand "
                          "(UNetModel(in_channels=latent + condition channels, ...))")
     if kw["conditioning_key"] not in ("crossattn", "hybrid"):
@@ -492,7 +559,7 @@ def build_ldm(recipe: LDMRecipe, first_stage=None, cond_stage: torch.nn.Module |
         ae, unet, cond_stage, schedule=schedule, parameterization=recipe.parameterization,
         scale_factor=recipe.scale_factor, scale_by_std=recipe.scale_by_std and ae is not None,
         posterior=recipe.posterior, lr=recipe.lr, weighting=recipe.weighting,
-        cond_drop_prob=recipe.cond_drop_prob if kw["conditioning_key"] is not None else 0.0,
+        cond_drop_prob=recipe.cond_drop_prob if kw["conditioning_key"] not in (None, "concat") else 0.0,
         image_size=recipe.size, **kw,
     )
 
@@ -551,6 +618,12 @@ def train_ldm(recipe: LDMRecipe, first_stage=None, out_dir: str | None = None, c
         train_set = Subset(train_set, range(recipe.train_images))
     test_set = load_dataset(recipe.data, recipe.size, "test", seed=recipe.seed,
                             length=recipe.eval_images if is_procedural else None)
+    if recipe.task is not None:  # each image with its low-resolution version / hole mask / segmentation
+        from ldm_lite.data.spatial import SpatialTaskDataset
+
+        task_kw = dict(factor=recipe.sr_factor, degradation=recipe.degradation, mask_fraction=recipe.mask_fraction)
+        train_set = SpatialTaskDataset(train_set, recipe.task, seed=recipe.seed, **task_kw)
+        test_set = SpatialTaskDataset(test_set, recipe.task, seed=recipe.seed + 1, **task_kw)
     num_classes = recipe.num_classes
     if recipe.cond in ("class", "class-adm") and num_classes is None:
         names = getattr(getattr(train_set, "dataset", train_set), "class_names", None)

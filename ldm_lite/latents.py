@@ -86,7 +86,8 @@ def encode_dataset(model, dataset, batch_size: int = 64, keys: Sequence[str] | N
     Training on it skips the encoder (``training_step`` takes ``"latent"`` batches). ``keys`` default:
     the condition's batch key(s). With ``scale_by_std`` and no estimate yet, ``scale_factor`` is
     estimated first, from the first ``batch_size`` images (in dataset order), so every cached latent
-    has the same scale. The latents are deterministic with ``posterior="mode"``; with ``"sample"``
+    has the same scale. Fields the cond stage lists in ``encode_fields`` (an inpainting model's
+    ``masked_image``) are encoded too and stored under their latent name (``masked_latent``). The latents are deterministic with ``posterior="mode"``; with ``"sample"``
     each image keeps the one sample drawn here.
     """
     from ldm_lite.progress import progress as tqdm
@@ -96,15 +97,18 @@ def encode_dataset(model, dataset, batch_size: int = 64, keys: Sequence[str] | N
             keys = ()
         elif isinstance(model.cond_key, dict):
             keys = tuple(model.cond_key.values())
+        elif isinstance(model.cond_key, tuple):
+            keys = model.cond_key
         else:
             keys = (model.cond_key,)
     keys = tuple(keys)
+    encode = dict(getattr(model.cond_stage, "encode_fields", None) or {})  # image fields cached as latents
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=collate_fn)
     was_training = model.training
     model.eval()
     latents: list[torch.Tensor] = []
-    fields: dict[str, list] = {k: [] for k in keys}
+    fields: dict[str, list] = {encode.get(k, k): [] for k in keys}
     try:
         for batch in tqdm(loader, desc="encoding latents", disable=not progress, leave=False):
             if not isinstance(batch, dict) or "image" not in batch:
@@ -117,7 +121,10 @@ def encode_dataset(model, dataset, batch_size: int = 64, keys: Sequence[str] | N
                 model.estimate_scale_factor(images)
             latents.append(model.encode_first_stage(images).cpu())
             for k in keys:
-                fields[k].append(batch[k])
+                if k in encode:
+                    fields[encode[k]].append(model.encode_first_stage(batch[k].to(model.device).float()).cpu())
+                else:
+                    fields[k].append(batch[k])
     finally:
         model.train(was_training)
     merged = {}

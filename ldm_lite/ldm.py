@@ -105,6 +105,7 @@ from ldm_lite.conditioning.condition import (
     to_device,
     where_dropped,
 )
+from ldm_lite.data.spatial import keep_mask_from
 from ldm_lite.diffusion.samplers import Sampler, make_sampler
 from ldm_lite.diffusion.schedule import PARAMETERIZATIONS, NoiseSchedule, diffusion_loss
 from ldm_lite.unet.model import UNetModel
@@ -317,6 +318,13 @@ class LatentDiffusion(nn.Module):
             bad = set(self.cond_key) - {"c_concat", "c_crossattn"}
             if bad:
                 raise ValueError(f"hybrid cond_key keys must be 'c_concat' and 'c_crossattn', got extra {sorted(bad)}")
+        if isinstance(self.cond_key, list):
+            self.cond_key = tuple(self.cond_key)
+        if isinstance(self.cond_key, tuple) and (not self.cond_key or key in ("hybrid", None)
+                                                 or not all(isinstance(k, str) for k in self.cond_key)):
+            raise ValueError("a tuple cond_key names several batch fields that together form one raw condition (a "
+                             "dict, e.g. ('masked_image', 'hole_mask') for inpainting); use it with 'concat' / "
+                             "'crossattn' cond stages that take a dict")
         if self.cond_drop_prob > 0 and key is None:
             raise ValueError("cond_drop_prob > 0 needs a conditional model (conditioning_key is None: nothing to drop)")
         if key == "adm" and self.cond_drop_prob > 0 and self.unconditional_value is None:
@@ -424,6 +432,13 @@ class LatentDiffusion(nn.Module):
         elif isinstance(y, (list, tuple)) and y and all(isinstance(v, int) and not isinstance(v, bool) for v in y):
             y = torch.tensor(list(y))  # a batch of class labels
         y = to_device(y, self.device)
+        encode = getattr(self.cond_stage, "encode_fields", None)  # image fields the cond stage wants as latents
+        if encode and isinstance(y, dict):
+            y = dict(y)
+            for field, latent_field in encode.items():
+                if field in y:
+                    with torch.no_grad():
+                        y[latent_field] = self.encode_first_stage(y.pop(field).float())
         if self.cond_stage is None:
             return y
         if self.cond_stage_trainable:
@@ -488,6 +503,16 @@ class LatentDiffusion(nn.Module):
         if isinstance(self.cond_key, dict):
             missing = [k for k in self.cond_key.values() if k not in batch]
             y = {part: batch[k] for part, k in self.cond_key.items() if k in batch}
+        elif isinstance(self.cond_key, tuple):  # several fields form one raw condition (a dict)
+            encoded = getattr(self.cond_stage, "encode_fields", {})
+            y, missing = {}, []
+            for k in self.cond_key:
+                if k in batch:
+                    y[k] = batch[k]
+                elif k in encoded and encoded[k] in batch:  # the latent cache holds the field already encoded
+                    y[encoded[k]] = batch[encoded[k]]
+                else:
+                    missing.append(k)
         else:
             missing = [] if self.cond_key in batch else [self.cond_key]
             y = batch.get(self.cond_key)
@@ -678,13 +703,16 @@ class LatentDiffusion(nn.Module):
         steps: int | None = 50,
         eta: float = 0.0,
         generator: torch.Generator | None = None,
-        mask: torch.Tensor | None = None,
+        keep_mask: torch.Tensor | None = None,
         x0: torch.Tensor | None = None,
         x_T: torch.Tensor | None = None,
         callback: Callable | None = None,
         progress: bool = True,
         return_latents: bool = False,
         latent_size: int | tuple[int, int] | None = None,
+        hole_mask: torch.Tensor | None = None,
+        jump_length: int = 0,
+        jump_n_sample: int = 1,
         **sampler_kwargs,
     ):
         """Generate images: sample latents with a sampler, then decode them. Returns ``(B, 3, H, W)`` in [-1, 1].
@@ -702,9 +730,11 @@ class LatentDiffusion(nn.Module):
 
         Size: ``shape = (B, c, h, w)`` of the latents, or ``num_samples`` with ``latent_size`` (default:
         the training latent size). A larger ``latent_size`` samples beyond the training resolution (the
-        UNet is convolutional; Sec. 4.3.2). ``mask`` / ``x0``: keep a known region (1 = keep); ``x0`` may be
-        an image (it is encoded) or a latent, ``mask`` at the latent size or the image size (then a latent
-        position is kept only where all its f x f pixels are known). ``sampler``: a name (``"ddim"``,
+        UNet is convolutional; Sec. 4.3.2). ``keep_mask`` (1 = known, kept) or ``hole_mask`` (1 = generated) with
+        ``x0``: keep a known region -- training-free inpainting (chapter 05's blending; ``jump_length`` /
+        ``jump_n_sample`` add RePaint's resampling); ``x0`` may be an image (it is encoded) or a latent, the mask
+        at the latent size or the image size (then a latent position is kept only where all its f x f pixels
+        are known). ``sampler``: a name (``"ddim"``,
         ``"plms"``, ``"dpm"``, ``"ddpm"``) or a :class:`Sampler`; extra keyword arguments go to its constructor.
 
         ``return_latents=True`` returns ``(images, latents)``.
@@ -733,6 +763,9 @@ class LatentDiffusion(nn.Module):
                 num_samples = batch_size_of(as_condition(c, self.conditioning_key))
             b = int(num_samples)
             size = latent_size if latent_size is not None else self.latent_size
+            concat = as_condition(c, self.conditioning_key).get("c_concat") if c is not None else None
+            if latent_size is None and concat is not None:
+                size = tuple(concat.shape[-2:])  # a spatial condition fixes the canvas (2x condition, 2x canvas)
             if size is None:
                 raise ValueError("the latent size is unknown (no image_size and no training yet): pass latent_size=(h, w)")
             h, w = self._pair(size)
@@ -756,8 +789,9 @@ class LatentDiffusion(nn.Module):
             x0 = x0.to(self.device).float()
             if self.first_stage is not None and x0.shape[-2:] != shape[-2:]:
                 x0 = self.encode_first_stage(x0)
-        if mask is not None:
-            mask = mask.to(self.device).float()
+        mask = None
+        if keep_mask is not None or hole_mask is not None:
+            mask = keep_mask_from(keep_mask, hole_mask).to(self.device)
             if mask.shape[-2:] != shape[-2:]:
                 if mask.shape[-2] != shape[-2] * self.f or mask.shape[-1] != shape[-1] * self.f:
                     raise ValueError(f"mask of size {tuple(mask.shape[-2:])} matches neither the latent "
@@ -774,8 +808,9 @@ class LatentDiffusion(nn.Module):
         try:
             z = sampler.sample(
                 lambda x, t, cc: self.apply_model(x, t, cc), shape, steps, conditioning=c,
-                unconditional_conditioning=uc, guidance_scale=guidance_scale, eta=eta, x_T=x_T, mask=mask, x0=x0,
-                generator=generator, callback=callback, progress=progress, device=self.device,
+                unconditional_conditioning=uc, guidance_scale=guidance_scale, eta=eta, x_T=x_T, keep_mask=mask,
+                x0=x0, generator=generator, callback=callback, progress=progress, device=self.device,
+                jump_length=jump_length, jump_n_sample=jump_n_sample,
             )
             images = self.decode_first_stage(z).clamp(-1.0, 1.0)
         finally:

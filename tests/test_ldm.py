@@ -250,7 +250,7 @@ def test_sample_shape_range_larger_latents_and_determinism():
     x0 = batch(2)["image"]
     mask = torch.zeros(2, 1, 16, 16)
     mask[..., :8] = 1
-    _, z = model.sample(2, steps=2, x0=x0, mask=mask, generator=gen(0), progress=False, return_latents=True)
+    _, z = model.sample(2, steps=2, x0=x0, keep_mask=mask, generator=gen(0), progress=False, return_latents=True)
     torch.testing.assert_close(z[..., :4], model.encode_first_stage(x0)[..., :4])
 
 

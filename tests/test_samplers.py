@@ -371,7 +371,7 @@ def test_mask_keeps_known_region_exactly(sched, cls):
     mask[..., :4] = 1.0  # 1 = known, keep
     sampler = cls(sched)
     out = sampler.sample(
-        linear_model, SHAPE, 5, mask=mask, x0=known, generator=torch.Generator().manual_seed(0), progress=False
+        linear_model, SHAPE, 5, keep_mask=mask, x0=known, generator=torch.Generator().manual_seed(0), progress=False
     )
     assert torch.equal(out[..., :4], known[..., :4])
     assert not torch.allclose(out[..., 4:], known[..., 4:])
@@ -450,13 +450,13 @@ def test_errors(sched):
         with pytest.raises(ValueError, match="steps must be an integer"):
             s.sample(linear_model, SHAPE, steps, **kw)
     with pytest.raises(ValueError, match="pass x0"):
-        s.sample(linear_model, SHAPE, 2, mask=torch.ones(2, 1, 8, 8), **kw)
-    with pytest.raises(ValueError, match="pass mask"):
+        s.sample(linear_model, SHAPE, 2, keep_mask=torch.ones(2, 1, 8, 8), **kw)
+    with pytest.raises(ValueError, match="pass keep_mask"):
         s.sample(linear_model, SHAPE, 2, x0=torch.ones(SHAPE), **kw)
     with pytest.raises(ValueError, match="x0 must have"):
-        s.sample(linear_model, SHAPE, 2, mask=torch.ones(2, 1, 8, 8), x0=torch.ones(2, 3, 4, 4), **kw)
+        s.sample(linear_model, SHAPE, 2, keep_mask=torch.ones(2, 1, 8, 8), x0=torch.ones(2, 3, 4, 4), **kw)
     with pytest.raises(ValueError, match="does not broadcast"):
-        s.sample(linear_model, SHAPE, 2, mask=torch.ones(2, 1, 4, 4), x0=torch.ones(SHAPE), **kw)
+        s.sample(linear_model, SHAPE, 2, keep_mask=torch.ones(2, 1, 4, 4), x0=torch.ones(SHAPE), **kw)
     with pytest.raises(ValueError, match="x_T must have"):
         s.sample(linear_model, SHAPE, 2, x_T=torch.ones(1, 3, 8, 8), **kw)
     with pytest.raises(ValueError, match="pass\\s+conditioning"):

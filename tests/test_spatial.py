@@ -135,3 +135,124 @@ def test_tiled_decode_matches_full_decode_where_both_fit():
         assert tiled_decode(ae.decode, z, 4, tile=12, overlap=4).shape == (2, 3, 96, 80)
     with pytest.raises(ValueError, match="overlap < tile"):
         tiled_decode(decode, z, 4, tile=8, overlap=8)
+
+
+# ----------------------------------------------------------------------------- samplers: masks and RePaint
+def test_repaint_moves_follow_the_time_travel_schedule():
+    from ldm_lite.diffusion.samplers import repaint_moves
+
+    assert repaint_moves(3, 0, 5) == [("down", 0), ("down", 1), ("down", 2)]
+    moves = repaint_moves(6, 2, 2)
+    assert moves[:6] == [("down", 0), ("down", 1), ("up", 1), ("up", 0), ("down", 0), ("down", 1)]
+    assert sum(d == "down" for d, _ in moves) == 6 + 2 * 2  # two inner jump points, each once more
+    assert moves[-1] == ("down", 5)
+    # every "up" undoes the step just taken: the walk is a valid path through the timesteps
+    level = 0
+    for d, i in moves:
+        assert (i == level) if d == "down" else (i == level - 1)
+        level += 1 if d == "down" else -1
+    assert level == 6
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_masked_sampling_keeps_the_known_region_exactly(sampler):
+    from ldm_lite.diffusion import NoiseSchedule
+    from ldm_lite.diffusion.samplers import make_sampler
+
+    sched = NoiseSchedule.from_name("linear", 1000)
+    calls = []
+
+    def model(x, t, c):
+        calls.append(1)
+        return 0.1 * x
+
+    s = make_sampler(sampler, sched)
+    x0 = torch.randn(2, 3, 8, 8)
+    hole = random_masks(2, 8, 0.4, seed=2)
+    out = s.sample(model, (2, 3, 8, 8), 6, x0=x0, hole_mask=hole, generator=torch.Generator().manual_seed(0),
+                   progress=False)
+    keep = 1 - hole
+    assert torch.equal(out * keep, x0 * keep)  # bit-exact where known
+    n_plain = len(calls)
+    calls.clear()
+    out2 = s.sample(model, (2, 3, 8, 8), 6, x0=x0, keep_mask=keep, jump_length=2, jump_n_sample=3,
+                    generator=torch.Generator().manual_seed(0), progress=False)
+    assert torch.equal(out2 * keep, x0 * keep) and len(calls) == n_plain + 2 * 2 * 2  # 2 jump points x 2 extra x 2
+    with pytest.raises(ValueError, match="single-step sampler"):
+        make_sampler("plms", sched).sample(model, (2, 3, 8, 8), 6, x0=x0, keep_mask=keep, jump_length=2,
+                                           jump_n_sample=2, progress=False)
+    with pytest.raises(ValueError, match="binary"):
+        s.sample(model, (2, 3, 8, 8), 6, x0=x0, keep_mask=keep * 0.5, progress=False)
+    with pytest.raises(ValueError, match="exactly one"):
+        s.sample(model, (2, 3, 8, 8), 6, x0=x0, keep_mask=keep, hole_mask=hole, progress=False)
+    with pytest.raises(ValueError, match="harmonises a known region"):
+        s.sample(model, (2, 3, 8, 8), 6, jump_length=2, jump_n_sample=2, progress=False)
+
+
+# ----------------------------------------------------------------------------- concat tasks end to end
+@pytest.fixture(scope="module")
+def task_models(tmp_path_factory):
+    """One tiny model per task on the shipped shapes autoencoder (f = 4), 2 steps, exported and reloaded."""
+    from ldm_lite.experiments import LDMRecipe, train_ldm
+    from ldm_lite.pretrained import load_ldm
+
+    root = tmp_path_factory.mktemp("task_models")
+    models = {}
+    for task in ("sr", "inpaint", "semantic"):
+        recipe = LDMRecipe(data="shapes", size=32, first_stage="ae_kl_f4_shapes_fashion", task=task, train_images=8,
+                           model_channels=32, channel_mult=(1, 2), attention_resolutions=(2,), num_head_channels=16,
+                           steps=2, batch_size=4, eval_images=4, lr_warmup_steps=0)
+        train_ldm(recipe, progress=False, export=str(root / task))
+        models[task] = load_ldm(root / task)
+    return models
+
+
+def test_concat_channel_bookkeeping(task_models):
+    c = 4  # latent channels of the f = 4 autoencoder
+    sr, inp, sem = task_models["sr"], task_models["inpaint"], task_models["semantic"]
+    assert sr.conditioning_key == inp.conditioning_key == sem.conditioning_key == "concat"
+    assert sr.unet.in_channels == c + 3 and sr.cond_stage is None and sr.cond_key == "lr_image"
+    assert inp.unet.in_channels == c + c + 1 and inp.cond_key == ("masked_image", "hole_mask")
+    assert sem.unet.in_channels == c + c and sem.cond_key == "segmentation"
+    assert sum(p.numel() for p in sem.cond_stage.parameters()) == 7 * c  # the 1×1 convolution, no bias
+    ds = ShapesDataset(32, length=2, seed=9)
+    x = torch.stack([ds[i]["image"] for i in range(2)])
+    hole = random_masks(2, 32, 0.3)
+    cc = inp.get_learned_conditioning({"masked_image": x * (1 - hole), "hole_mask": hole})["c_concat"]
+    assert cc.shape == (2, c + 1, 8, 8)
+    torch.testing.assert_close(cc[:, :c], inp.encode_first_stage(x * (1 - hole)))
+    assert torch.equal(cc[:, c:], torch.nn.functional.max_pool2d(hole, 4))  # any hole pixel -> a hole position
+    assert sr.get_learned_conditioning(degrade(x, 4))["c_concat"].shape == (2, 3, 8, 8)
+
+
+def test_concat_models_sample_at_one_and_two_times_the_canvas(task_models):
+    ds = ShapesDataset(32, length=2, seed=9)
+    x = torch.stack([ds[i]["image"] for i in range(2)])
+    seg = torch.stack([ds[i]["segmentation"] for i in range(2)])
+    sem, sr = task_models["semantic"], task_models["sr"]
+    assert sem.sample(cond=seg, steps=2, progress=False).shape == (2, 3, 32, 32)
+    big = seg.repeat_interleave(2, -1).repeat_interleave(2, -2)  # the same map at 2x: a 2x canvas
+    assert sem.sample(cond=big, steps=2, progress=False).shape == (2, 3, 64, 64)
+    assert sr.sample(cond=degrade(x, 2), steps=2, progress=False).shape == (2, 3, 64, 64)  # a 16² input -> 64²
+
+
+def test_spatial_condition_errors(task_models):
+    ds = ShapesDataset(32, length=2, seed=9)
+    x = torch.stack([ds[i]["image"] for i in range(2)])
+    inp = task_models["inpaint"]
+    with pytest.raises(ValueError, match="give a mask of the image's size"):
+        inp.get_learned_conditioning({"masked_image": x, "hole_mask": random_masks(2, 16, 0.3)})
+    with pytest.raises(ValueError, match="'hole_mask'"):
+        inp.get_learned_conditioning({"masked_image": x})
+    with pytest.raises(ValueError, match="latent size"):
+        task_models["sr"].sample(cond=degrade(x, 4), latent_size=(16, 16), steps=1, progress=False)
+    with pytest.raises(ValueError, match="labels must lie in"):
+        task_models["semantic"].get_learned_conditioning(torch.full((1, 32, 32), 9))
+    from ldm_lite.experiments import LDMRecipe
+
+    with pytest.raises(ValueError, match="segmentation maps"):
+        LDMRecipe(data="openmoji", task="semantic")
+    with pytest.raises(ValueError, match="cannot be combined"):
+        LDMRecipe(task="sr", cond="text")
+    with pytest.raises(ValueError, match="task must be one of"):
+        LDMRecipe(task="colorize")

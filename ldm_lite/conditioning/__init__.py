@@ -15,9 +15,9 @@ from ldm_lite.conditioning.embedders import (
     fourier_features,
     layout_from_objects,
 )
-from ldm_lite.conditioning.spatial import SpatialRescaler
+from ldm_lite.conditioning.spatial import InpaintConcat, OneHot, SemanticEncoder, SpatialRescaler
 from ldm_lite.conditioning.tokenizer import WordPieceTokenizer, minilm_dir
 
 __all__ = ["ClassEmbedder", "TransformerEmbedder", "FrozenTextEncoder", "LayoutEmbedder", "TextTransformer",
            "WordPieceTokenizer", "minilm_dir", "build_cond_stage", "fourier_features", "LAYOUT_FIELDS",
-           "layout_from_objects", "SpatialRescaler"]
+           "layout_from_objects", "SpatialRescaler", "OneHot", "InpaintConcat", "SemanticEncoder"]

@@ -437,4 +437,11 @@ def build_cond_stage(config: dict) -> nn.Module:
         return FrozenTextEncoder(**cfg)
     if kind == "layout":
         return LayoutEmbedder(**cfg)
-    raise ValueError(f"unknown cond stage type {kind!r}: expected 'class', 'text', 'text-frozen' or 'layout'")
+    from ldm_lite.conditioning import spatial
+
+    spatial_kinds = {"spatial-rescaler": spatial.SpatialRescaler, "semantic": spatial.SemanticEncoder,
+                     "inpaint": spatial.InpaintConcat}
+    if kind in spatial_kinds:
+        return spatial_kinds[kind](**cfg)
+    raise ValueError(f"unknown cond stage type {kind!r}: expected 'class', 'text', 'text-frozen', 'layout', "
+                     f"{', '.join(map(repr, spatial_kinds))}")

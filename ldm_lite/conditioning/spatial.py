@@ -5,7 +5,12 @@ and concatenated with z_t.
 :class:`SpatialRescaler`    the paper's semantic-map / low-resolution encoder (CompVis ``SpatialRescaler``):
                             ``n_stages`` bilinear halvings, then an optional 1×1 convolution to
                             ``out_channels``. For f = 4 two halvings bring a 64² one-hot map to the 16² latent.
+:class:`SemanticEncoder`    label map -> one-hot -> SpatialRescaler with a 1×1 convolution (semantic synthesis).
+:class:`InpaintConcat`      the masked image's latent + the hole mask at the latent size (inpainting).
 ==========================  ============================================================================
+
+A low-resolution image needs no cond stage when its size is already the latent size (×4 super-resolution
+with f = 4: the paper's LDM-SR concatenates the 64² input with the 64² latent of a 256² image).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SpatialRescaler"]
+__all__ = ["InpaintConcat", "OneHot", "SemanticEncoder", "SpatialRescaler"]
 
 
 class SpatialRescaler(nn.Module):
@@ -57,3 +62,82 @@ class SpatialRescaler(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Alias of ``forward`` (CompVis's name)."""
         return self(x)
+
+    def config(self) -> dict:
+        return dict(type="spatial-rescaler", n_stages=self.n_stages, in_channels=self.in_channels,
+                    out_channels=None if self.channel_mapper is None else self.out_channels, method=self.method,
+                    multiplier=self.multiplier, bias=self.channel_mapper is not None and self.channel_mapper.bias is not None)
+
+
+class OneHot(nn.Module):
+    """Integer label maps (B, H, W) -> one-hot float maps (B, num_classes, H, W) (no parameters)."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2 (background + a class), got {num_classes}")
+        self.num_classes = num_classes
+
+    def forward(self, seg: torch.Tensor) -> torch.Tensor:
+        from ldm_lite.data.spatial import one_hot_segmentation
+
+        return one_hot_segmentation(seg, self.num_classes)
+
+
+class SemanticEncoder(nn.Module):
+    """The paper's semantic-synthesis cond stage (Sec. 4.3.2): a label map (B, H, W) -> one-hot ->
+    :class:`SpatialRescaler` (``n_stages`` bilinear halvings to the latent size + a learned 1×1 convolution to
+    ``out_channels``) -> concatenated with z_t."""
+
+    def __init__(self, num_classes: int, n_stages: int, out_channels: int):
+        super().__init__()
+        self.onehot = OneHot(num_classes)
+        self.rescaler = SpatialRescaler(n_stages, num_classes, out_channels)
+        self.num_classes, self.n_stages, self.out_channels = num_classes, n_stages, out_channels
+
+    def forward(self, seg: torch.Tensor) -> torch.Tensor:
+        return self.rescaler(self.onehot(seg))
+
+    def config(self) -> dict:
+        return dict(type="semantic", num_classes=self.num_classes, n_stages=self.n_stages,
+                    out_channels=self.out_channels)
+
+
+class InpaintConcat(nn.Module):
+    """The paper's inpainting condition (Sec. 4.5): the *latent* of the masked image and the hole mask at the
+    latent size, stacked on the channel axis -> (B, c + 1, h, w); no parameters.
+
+    Raw condition: a dict with ``hole_mask`` (B, 1, H, W; 1 = missing) and ``masked_latent`` (B, c, h, w, the
+    scaled ``E(image · keep)``). ``LatentDiffusion`` encodes a ``masked_image`` field into ``masked_latent``
+    (``encode_fields``), so the raw batch may carry images or the latent cache may carry latents. A latent
+    position counts as a hole if any of its f × f pixels is (max-pooling): the model is never told a pixel is
+    known when it is not.
+    """
+
+    encode_fields = {"masked_image": "masked_latent"}
+
+    def __init__(self, f: int):
+        super().__init__()
+        if f < 1:
+            raise ValueError(f"f must be a positive int, got {f}")
+        self.f = f
+
+    def forward(self, y: dict) -> torch.Tensor:
+        if not isinstance(y, dict) or "hole_mask" not in y or "masked_latent" not in y:
+            got = sorted(y) if isinstance(y, dict) else type(y).__name__
+            raise ValueError(f"the inpainting condition is a dict with 'hole_mask' (B, 1, H, W) and 'masked_image' "
+                             f"(or its latent 'masked_latent'); got {got}")
+        z, hole = y["masked_latent"].float(), y["hole_mask"].float()
+        if hole.ndim == 3:
+            hole = hole[:, None]
+        if hole.ndim != 4 or hole.shape[1] != 1 or hole.shape[0] != z.shape[0]:
+            raise ValueError(f"hole_mask must be (B={z.shape[0]}, 1, H, W); got {tuple(hole.shape)}")
+        if hole.shape[-2:] != z.shape[-2:]:
+            if hole.shape[-2] != z.shape[-2] * self.f or hole.shape[-1] != z.shape[-1] * self.f:
+                raise ValueError(f"hole_mask is {tuple(hole.shape[-2:])} but the image is "
+                                 f"{(z.shape[-2] * self.f, z.shape[-1] * self.f)}; give a mask of the image's size")
+            hole = F.max_pool2d(hole, self.f)
+        return torch.cat([z, hole], dim=1)
+
+    def config(self) -> dict:
+        return dict(type="inpaint", f=self.f)

@@ -22,7 +22,7 @@ from ldm_lite.data.fashion import FASHION_CLASSES, load_fashion_mnist
 from ldm_lite.data.folder import ImageFolderDataset
 from ldm_lite.data.photos import PHOTOS, load_photo_crops
 from ldm_lite.data.shapes import COLORS, SHAPES, SIZES, ShapesDataset
-from ldm_lite.data.spatial import degrade, keep_mask_from, one_hot_segmentation, random_mask, random_masks
+from ldm_lite.data.spatial import SpatialTaskDataset, degrade, keep_mask_from, one_hot_segmentation, random_mask, random_masks
 
 __all__ = [
     "ArrayImageDataset",
@@ -34,6 +34,7 @@ __all__ = [
     "SHAPES",
     "SIZES",
     "ShapesDataset",
+    "SpatialTaskDataset",
     "degrade",
     "keep_mask_from",
     "load_fashion_mnist",

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DEGRADATIONS", "degrade", "keep_mask_from", "one_hot_segmentation", "random_mask", "random_masks"]
+__all__ = ["DEGRADATIONS", "TASKS", "SpatialTaskDataset", "degrade", "keep_mask_from", "one_hot_segmentation", "random_mask", "random_masks"]
 
 DEGRADATIONS = ("bicubic", "bsr")
 
@@ -195,3 +195,58 @@ def one_hot_segmentation(segmentation: torch.Tensor, num_classes: int) -> torch.
                          f"{int(seg.max())} (num_classes={num_classes}: background + one per class)")
     out = F.one_hot(seg.long(), num_classes).movedim(-1, -3).float()
     return out
+
+
+# ----------------------------------------------------------------------------- task datasets
+TASKS = ("sr", "inpaint", "semantic")
+
+
+class SpatialTaskDataset(torch.utils.data.Dataset):
+    """A dataset's samples plus the spatial condition of a chapter-07 task, deterministic per index.
+
+    ``task="sr"``: ``lr_image`` = :func:`degrade` (``factor``, ``degradation``; BSR seeded by ``seed`` and the
+    index). ``task="inpaint"``: ``hole_mask`` (1, H, W) = :func:`random_mask` (``mask_fraction``, seed
+    ``seed * 1_000_003 + index``) and ``masked_image`` = the image with its holes set to 0 (mid-grey).
+    ``task="semantic"``: the base dataset's ``segmentation`` map is the condition (ShapesDataset has one).
+    Fixed conditions per index let the latent cache hold them (each image keeps one mask / one degradation).
+    """
+
+    def __init__(self, base, task: str, factor: int = 4, degradation: str = "bicubic", mask_fraction: float = 0.3,
+                 seed: int = 0):
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; use one of {TASKS}")
+        if degradation not in DEGRADATIONS:
+            raise ValueError(f"unknown degradation {degradation!r}; use one of {DEGRADATIONS}")
+        first = base[0]
+        if task == "semantic" and "segmentation" not in first:
+            raise ValueError(f"task='semantic' needs samples with a 'segmentation' map; {type(base).__name__} has "
+                             f"{sorted(first)} (use data='shapes')")
+        h, w = first["image"].shape[-2:]
+        if task == "sr" and (h % factor or w % factor):
+            raise ValueError(f"images of {h}×{w} are not divisible by the SR factor {factor}")
+        self.base, self.task, self.factor, self.degradation = base, task, factor, degradation
+        self.mask_fraction, self.seed = mask_fraction, seed
+        if task == "inpaint":
+            random_mask(min(h, w), mask_fraction, 0)  # a bad fraction fails here, not mid-training
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> dict:
+        item = dict(self.base[index])
+        image = item["image"]
+        if self.task == "sr":
+            if self.degradation == "bicubic":
+                item["lr_image"] = degrade(image, self.factor)
+            else:
+                item["lr_image"] = degrade(image[None], self.factor, "bsr", seed=self.seed * 1_000_003 + index)[0]
+        elif self.task == "inpaint":
+            hole = random_mask(tuple(image.shape[-2:]), self.mask_fraction, seed=self.seed * 1_000_003 + index)
+            item["hole_mask"] = hole
+            item["masked_image"] = image * (1.0 - hole)
+        return item
+
+    def __getattr__(self, name):  # class_names, captions ... of the base dataset
+        if name.startswith("__") or name == "base":
+            raise AttributeError(name)
+        return getattr(self.base, name)

@@ -32,8 +32,9 @@ Conventions (the same in all samplers)
   Diffusion; diffusers ``set_alpha_to_one=False`` / ``final_sigmas_type="sigma_min"``), or
   ``alpha_bar = 1`` (``"one"``; diffusers ``set_alpha_to_one=True`` / ``final_sigmas_type="zero"``), in
   which case the output *is* the last predicted x0. DDPM always ends at ``alpha_bar = 1``.
-* **Inpainting / keeping known regions** (``mask``, ``x0``): ``mask`` is 1 on the **known** pixels
-  to keep and 0 where the sampler generates (the CompVis convention). The known region is reset to
+* **Inpainting / keeping known regions** (``keep_mask`` or ``hole_mask``, ``x0``): ``keep_mask`` is 1 on
+  the **known** pixels to keep (the CompVis sampler's ``mask``), ``hole_mask`` 1 where the sampler generates
+  (the paper's inpainting script); :func:`ldm_lite.data.keep_mask_from` converts, in one place. The known region is reset to
   the noised known image ``q_sample(x0, t)`` before the first step and after every step, and to
   ``x0`` itself after the last one, so the output equals ``x0`` exactly where ``mask == 1``.
 * **Randomness.** All noise (``x_T``, per-step noise, noise for the known region) is drawn from
@@ -57,6 +58,7 @@ from typing import Any, Callable, Sequence
 import torch
 from ldm_lite.progress import progress as tqdm
 
+from ldm_lite.data.spatial import keep_mask_from
 from ldm_lite.diffusion.guidance import guided_model_fn
 from ldm_lite.diffusion.schedule import PARAMETERIZATIONS, NoiseSchedule, make_ddim_timesteps
 
@@ -68,6 +70,7 @@ __all__ = [
     "DPMSolverSampler",
     "SAMPLERS",
     "make_sampler",
+    "repaint_moves",
 ]
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
@@ -226,7 +229,7 @@ class Sampler:
         guidance_scale: float = 1.0,
         eta: float = 0.0,
         x_T: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
+        keep_mask: torch.Tensor | None = None,
         x0: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         callback: Callable[[int, int, torch.Tensor, torch.Tensor], Any] | None = None,
@@ -235,6 +238,9 @@ class Sampler:
         log_every: int | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
+        hole_mask: torch.Tensor | None = None,
+        jump_length: int = 0,
+        jump_n_sample: int = 1,
     ):
         """Draw samples ``(B, C, H, W) = shape``; returns the final ``x_0`` (latents: decoding is the caller's job).
 
@@ -246,8 +252,14 @@ class Sampler:
             unconditional_conditioning, guidance_scale: classifier-free guidance, ``out_u + s (out_c - out_u)``.
             eta: DDIM's noise scale (0 = deterministic DDIM, 1 = DDPM-like); DDIM only.
             x_T: the starting noise ``shape``; drawn from ``generator`` when omitted.
-            mask, x0: keep a known region: ``mask`` (broadcastable to ``shape``, e.g. ``(B, 1, H, W)``)
-                is **1 where x0 is known and kept**, 0 where the sampler generates.
+            keep_mask / hole_mask, x0: keep a known region. Give one mask (broadcastable to ``shape``, e.g.
+                ``(B, 1, H, W)``, binary): ``keep_mask`` is **1 where x0 is known and kept** (CompVis's
+                sampler ``mask``), ``hole_mask`` 1 where the sampler generates (the paper's inpainting script).
+            jump_length, jump_n_sample: RePaint's resampling (Lugmayr et al. 2022): after every
+                ``jump_length`` steps go back up ``jump_length`` steps by re-noising the whole sample
+                (``q(x_t | x_{t_prev})``), ``jump_n_sample - 1`` times, so that the generated region
+                harmonises with the known one. DDPM and DDIM only (the multistep samplers keep a history
+                that a jump would invalidate); needs a mask. ``jump_length=0`` (default): no resampling.
             generator: ``torch.Generator`` for all noise; same seed -> same samples.
             callback: ``callback(i, num_steps, x, pred_x0)`` after step ``i`` (``x`` is the sample after
                 the step, ``pred_x0`` the step's predicted clean sample).
@@ -267,16 +279,28 @@ class Sampler:
         self._check_eta(eta)
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
-        if mask is not None and x0 is None:
+        has_mask = keep_mask is not None or hole_mask is not None
+        if has_mask and x0 is None:
             raise ValueError(
-                "mask given without x0: pass x0 (the known image/latent, shape (B, C, H, W)) together with "
-                "mask (1 = keep x0 there, 0 = generate)"
+                "a mask was given without x0: pass x0 (the known image/latent, shape (B, C, H, W)) together with "
+                "keep_mask (1 = keep x0 there) or hole_mask (1 = generate there)"
             )
-        if x0 is not None and mask is None:
+        if x0 is not None and not has_mask:
             raise ValueError(
-                "x0 given without mask: pass mask (1 = keep x0 there, 0 = generate); to start from a noised "
-                "x0 instead (img2img), pass x_T=schedule.q_sample(x0, t_start) and fewer steps"
+                "x0 given without a mask: pass keep_mask (1 = keep x0 there) or hole_mask (1 = generate there); "
+                "to start from a noised x0 instead (img2img), pass x_T=schedule.q_sample(x0, t_start) and fewer steps"
             )
+        mask = keep_mask_from(keep_mask, hole_mask) if has_mask else None
+        if not isinstance(jump_length, int) or jump_length < 0 or not isinstance(jump_n_sample, int) or jump_n_sample < 1:
+            raise ValueError(f"need integers jump_length >= 0 and jump_n_sample >= 1, got {jump_length!r}, "
+                             f"{jump_n_sample!r}")
+        resample = jump_length > 0 and jump_n_sample > 1
+        if resample and not has_mask:
+            raise ValueError("RePaint resampling (jump_length, jump_n_sample) harmonises a known region: pass x0 and "
+                             "a keep_mask / hole_mask")
+        if resample and self.name not in ("DDPM", "DDIM"):
+            raise ValueError(f"RePaint resampling needs a single-step sampler (DDPM or DDIM); {self.name} keeps a "
+                             "history of earlier steps that jumping back would invalidate")
         if x0 is not None:
             if tuple(x0.shape) != shape:
                 raise ValueError(f"x0 must have the sampling shape {shape}, got {tuple(x0.shape)}")
@@ -329,8 +353,16 @@ class Sampler:
 
         if x0 is not None:
             x = keep_known(x, ts[0])
-        bar = tqdm(range(num_steps), desc=f"{self.name} sampling", disable=not progress, leave=False)
-        for i in bar:
+        moves = repaint_moves(num_steps, jump_length, jump_n_sample) if resample else [("down", i) for i in
+                                                                                       range(num_steps)]
+        bar = tqdm(moves, desc=f"{self.name} sampling", disable=not progress, leave=False)
+        for direction, i in bar:
+            if direction == "up":  # RePaint: undo step i, re-noising from its end prevs[i] back to ts[i]
+                a_lo = 1.0 if prevs[i] < 0 else float(self.schedule.alphas_cumprod[prevs[i]])
+                a_hi = float(self.schedule.alphas_cumprod[ts[i]])
+                x = math.sqrt(a_hi / a_lo) * x + math.sqrt(1.0 - a_hi / a_lo) * _randn(shape, generator, device,
+                                                                                       x.dtype)
+                continue
             t, t_prev = ts[i], prevs[i]
             x, pred_x0 = self._sample_step(
                 model, x, t, t_prev, conditioning,
@@ -346,6 +378,22 @@ class Sampler:
                 logs["pred_x0"].append(pred_x0)
         bar.close()
         return (x, logs) if log_every is not None else x
+
+
+def repaint_moves(num_steps: int, jump_length: int, jump_n_sample: int) -> list[tuple[str, int]]:
+    """RePaint's walk over the step indices 0..num_steps-1: ``("down", i)`` takes step i (ts[i] -> its
+    successor), ``("up", i)`` undoes it by re-noising from the successor back to ts[i]. After every ``jump_length`` down-steps (not at the very
+    end) the walk goes back up ``jump_length`` steps, ``jump_n_sample - 1`` times per position (Lugmayr et al.
+    2022, Alg. 1 with their time-travel schedule)."""
+    moves, jumps, i = [], {}, 0
+    while i < num_steps:
+        moves.append(("down", i))
+        i += 1
+        if jump_length and i % jump_length == 0 and i < num_steps and jumps.get(i, 0) < jump_n_sample - 1:
+            jumps[i] = jumps.get(i, 0) + 1
+            moves += [("up", k) for k in range(i - 1, i - 1 - jump_length, -1)]
+            i -= jump_length
+    return moves
 
 
 # --------------------------------------------------------------------------------------------------
