@@ -94,6 +94,15 @@ def _add_train_ldm(sub) -> None:
                    help="class: labels via a ClassEmbedder into cross-attention; class-adm: labels added to the time "
                         "embedding; text: captions via a transformer trained with the UNet; text-frozen: captions via "
                         "a frozen encoder (--text-encoder); layout: boxes + classes (shapes)")
+    p.add_argument("--task", choices=["none", "sr", "inpaint", "semantic"], default="none",
+                   help="spatial conditioning concatenated with z_t (chapter 07): sr = super-resolution from a "
+                        "--sr-factor smaller image; inpaint = masked image + hole mask; semantic = segmentation map "
+                        "(shapes)")
+    p.add_argument("--sr-factor", type=int, default=d.sr_factor, help="--task sr: downsampling factor of the input")
+    p.add_argument("--degradation", choices=["bicubic", "bsr"], default=d.degradation,
+                   help="--task sr: bicubic (the paper's x4 ImageNet setting) or bsr (blur + noise + JPEG)")
+    p.add_argument("--mask-fraction", type=float, default=d.mask_fraction,
+                   help="--task inpaint: share of hole pixels in the training masks")
     p.add_argument("--cond-dim", type=int, default=d.cond_dim, help="width of a trained cond stage")
     p.add_argument("--cond-depth", type=int, default=d.cond_depth, help="transformer blocks of a trained cond stage")
     p.add_argument("--text-encoder", default=d.text_encoder,
@@ -144,6 +153,8 @@ def _run_train_ldm(args) -> dict:
         scale_by_std=not args.no_scale_by_std, scale_factor=args.scale_factor, cond_drop_prob=args.cond_drop_prob,
         cond_dim=args.cond_dim, cond_depth=args.cond_depth, text_encoder=args.text_encoder,
         holdout=tuple(h.strip() for h in args.holdout.split(",") if h.strip()), init_from=args.init_from,
+        task=None if args.task == "none" else args.task, sr_factor=args.sr_factor, degradation=args.degradation,
+        mask_fraction=args.mask_fraction,
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, lr_warmup_steps=args.lr_warmup_steps,
         lr_schedule=args.lr_schedule, ema_decay=args.ema_decay or None, seed=args.seed,
     )
@@ -285,6 +296,168 @@ def _run_sample(args) -> dict:
     return summary
 
 
+def _read_image(path: str, what: str):
+    """An image file -> (1, 3, H, W) in [-1, 1]; a clear error naming the file."""
+    import numpy as np
+    from PIL import Image
+
+    from ldm_lite.data.common import to_image_tensor
+
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB"))
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"{what} {path!r}: cannot read an image ({err})") from err
+    return to_image_tensor(arr)[None]
+
+
+def _write_image(images, out: str) -> None:
+    from pathlib import Path
+
+    import torch
+    from PIL import Image
+
+    from ldm_lite.data.common import to_uint8
+    from ldm_lite.io import atomic_write
+
+    if not torch.isfinite(images).all():
+        raise SystemExit("sampling produced NaN or inf; nothing was written")
+    fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}[Path(out).suffix.lower()]
+    img = Image.fromarray(to_uint8(images[0]))
+    atomic_write(Path(out), lambda tmp: img.save(tmp, format=fmt))
+
+
+def _check_out(out: str) -> None:
+    from pathlib import Path
+
+    if Path(out).suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise SystemExit(f"{out!r}: write a .png or .jpg")
+    parent = Path(out).resolve().parent
+    if not parent.is_dir():
+        raise SystemExit(f"{out!r}: the folder {str(parent)!r} does not exist")
+
+
+def _add_upscale(sub) -> None:
+    p = sub.add_parser("upscale", help="super-resolve an image with a trained --task sr model (chapter 07)")
+    p.add_argument("input", help="the low-resolution image (PNG / JPEG)")
+    p.add_argument("output", help="where to write the upscaled image (.png / .jpg)")
+    p.add_argument("--model", required=True, help="an exported super-resolution LDM (train-ldm --task sr)")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+
+
+def _run_upscale(args) -> dict:
+    import torch
+
+    from ldm_lite.pretrained import load_ldm
+
+    _check_out(args.output)
+    manifest = _manifest_of(args.model)
+    if manifest.get("recipe", {}).get("task") != "sr":
+        raise SystemExit(f"{args.model} is not a super-resolution model (train one with `ldm-lite train-ldm --task sr`)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lr = _read_image(args.input, "input")
+    factor = int(manifest["recipe"].get("sr_factor", 4))
+    model = load_ldm(args.model)
+    f = model.f
+    # the latent of the output is (H * factor / f) per side; the UNet needs it divisible by its downsampling
+    m = model.unet.downsampling_factor
+    lat = [s * factor // f for s in lr.shape[-2:]]
+    if any(s * factor % f for s in lr.shape[-2:]) or any(v % m for v in lat):
+        step = max(1, m * f // factor)
+        raise SystemExit(f"input {args.input!r} is {lr.shape[-1]}×{lr.shape[-2]} px; this model needs sides that are "
+                         f"multiples of {step} (crop or pad it, e.g. to "
+                         f"{lr.shape[-1] // step * step}×{lr.shape[-2] // step * step})")
+    out = model.sample(cond=lr, steps=args.steps, generator=torch.Generator().manual_seed(args.seed), progress=True)
+    _write_image(out, args.output)
+    summary = dict(out=args.output, input=list(lr.shape[-2:]), output=list(out.shape[-2:]), factor=factor)
+    print(json.dumps(summary))
+    return summary
+
+
+def _add_inpaint(sub) -> None:
+    p = sub.add_parser("inpaint", help="fill the holes of an image: a trained --task inpaint model, or any "
+                                       "unconditional LDM without training (mask blending / RePaint) (chapter 07)")
+    p.add_argument("input", help="the image (PNG / JPEG)")
+    p.add_argument("mask", help="a black-and-white image of the same size")
+    p.add_argument("output", help="where to write the result (.png / .jpg)")
+    p.add_argument("--model", required=True,
+                   help="an inpainting LDM (train-ldm --task inpaint) or an unconditional LDM (training-free)")
+    p.add_argument("--mask-means", choices=["hole", "keep"], default="hole",
+                   help="white pixels of the mask are the hole to fill (default, as the paper's inpainting script) "
+                        "or the pixels to keep (as its DDIM sampler)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="binarise a soft (anti-aliased) mask at this grey level in [0, 1]; without it a mask must be "
+                        "pure black and white")
+    p.add_argument("--repaint", type=_tuple, default=None,
+                   help="training-free only: RePaint resampling JUMP_LENGTH,JUMP_N_SAMPLE, e.g. 5,4 (DDIM)")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+
+
+def _run_inpaint(args) -> dict:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from ldm_lite.data.spatial import keep_mask_from
+    from ldm_lite.pretrained import load_ldm
+
+    _check_out(args.output)
+    image = _read_image(args.input, "input")
+    try:
+        with Image.open(args.mask) as im:
+            m = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"mask {args.mask!r}: cannot read an image ({err})") from err
+    if m.shape != tuple(image.shape[-2:]):
+        raise SystemExit(f"mask {args.mask!r} is {m.shape[1]}×{m.shape[0]} px but the image is "
+                         f"{image.shape[-1]}×{image.shape[-2]}: give a mask of the image's size")
+    if args.threshold is not None:
+        if not 0 < args.threshold < 1:
+            raise SystemExit(f"--threshold must lie in (0, 1), got {args.threshold}")
+        m = (m >= args.threshold).astype(np.float32)
+    grey = np.unique(m[(m > 0) & (m < 1)])
+    if grey.size:
+        raise SystemExit(f"mask {args.mask!r} is not black and white ({grey.size} grey levels, e.g. "
+                         f"{grey[0] * 255:.0f}/255); pass --threshold 0.5 to binarise it")
+    mt = torch.from_numpy(m)[None, None]
+    keep = keep_mask_from(**({"hole_mask": mt} if args.mask_means == "hole" else {"keep_mask": mt}), like=image)
+    if keep.min() == 1:
+        raise SystemExit(f"mask {args.mask!r} has no hole (with --mask-means {args.mask_means}); nothing to fill")
+    manifest = _manifest_of(args.model)
+    trained = manifest.get("recipe", {}).get("task") == "inpaint"
+    key = manifest.get("ldm", {}).get("conditioning_key")
+    if not trained and key is not None:
+        raise SystemExit(f"{args.model} is conditioned on {manifest['ldm'].get('cond_key')!r}; use an inpainting model "
+                         "(train-ldm --task inpaint) or an unconditional one (training-free blending)")
+    if trained and args.repaint:
+        raise SystemExit("--repaint is for training-free inpainting with an unconditional model; a trained "
+                         "inpainter sees the known region already")
+    jump = tuple(args.repaint) if args.repaint else (0, 1)
+    if len(jump) != 2:
+        raise SystemExit(f"--repaint takes JUMP_LENGTH,JUMP_N_SAMPLE, e.g. 5,4; got {args.repaint}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_ldm(args.model)
+    gen = torch.Generator().manual_seed(args.seed)
+    if trained:
+        hole = 1.0 - keep
+        out = model.sample(cond={"masked_image": image * keep, "hole_mask": hole}, steps=args.steps, generator=gen)
+    else:
+        out = model.sample(1, x0=image, keep_mask=keep, latent_size=tuple(s // model.f for s in image.shape[-2:]),
+                           steps=args.steps, generator=gen, jump_length=jump[0], jump_n_sample=jump[1])
+    out = keep * image + (1 - keep) * out  # known pixels exactly as given (the decoder blurs them a little)
+    _write_image(out, args.output)
+    summary = dict(out=args.output, method="trained inpainter" if trained else
+                   ("RePaint" if args.repaint else "mask blending"), hole_fraction=round(float(1 - keep.mean()), 4))
+    print(json.dumps(summary))
+    return summary
+
+
 def _add_train_evaluator(sub) -> None:
     from ldm_lite.evaluator_training import DATASET_OF, EvaluatorRecipe
 
@@ -381,6 +554,8 @@ def main(argv=None) -> int:
     _add_train_ae(sub)
     _add_train_ldm(sub)
     _add_sample(sub)
+    _add_upscale(sub)
+    _add_inpaint(sub)
     _add_train_evaluator(sub)
     _add_execute_notebook(sub)
     sub.add_parser("list-pretrained", help="list the checkpoints shipped in data/pretrained/")
@@ -392,6 +567,10 @@ def main(argv=None) -> int:
         _run_train_ldm(args)
     elif args.command == "sample":
         _run_sample(args)
+    elif args.command == "upscale":
+        _run_upscale(args)
+    elif args.command == "inpaint":
+        _run_inpaint(args)
     elif args.command == "train-evaluator":
         _run_train_evaluator(args)
     elif args.command == "execute-notebook":

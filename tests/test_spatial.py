@@ -190,6 +190,8 @@ def test_masked_sampling_keeps_the_known_region_exactly(sampler):
 
 
 # ----------------------------------------------------------------------------- concat tasks end to end
+TASK_EXPORTS: dict = {}  # task -> export path of the module fixture's models (the CLI loads them by path)
+
 @pytest.fixture(scope="module")
 def task_models(tmp_path_factory):
     """One tiny model per task on the shipped shapes autoencoder (f = 4), 2 steps, exported and reloaded."""
@@ -198,12 +200,14 @@ def task_models(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("task_models")
     models = {}
+    TASK_EXPORTS.clear()
     for task in ("sr", "inpaint", "semantic"):
         recipe = LDMRecipe(data="shapes", size=32, first_stage="ae_kl_f4_shapes_fashion", task=task, train_images=8,
                            model_channels=32, channel_mult=(1, 2), attention_resolutions=(2,), num_head_channels=16,
                            steps=2, batch_size=4, eval_images=4, lr_warmup_steps=0)
         train_ldm(recipe, progress=False, export=str(root / task))
         models[task] = load_ldm(root / task)
+        TASK_EXPORTS[task] = root / task
     return models
 
 
@@ -256,3 +260,77 @@ def test_spatial_condition_errors(task_models):
         LDMRecipe(task="sr", cond="text")
     with pytest.raises(ValueError, match="task must be one of"):
         LDMRecipe(task="colorize")
+
+
+def test_cli_upscale_and_inpaint(task_models, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from ldm_lite import cli
+    from ldm_lite.data import to_uint8
+
+    root = tmp_path
+    ds = ShapesDataset(32, length=1, seed=9)
+    img = ds[0]["image"]
+    Image.fromarray(to_uint8(degrade(img, 4))).save(root / "lr.png")
+    Image.fromarray(to_uint8(img)).save(root / "img.png")
+    hole = (random_mask(32, 0.3, seed=1)[0].numpy() * 255).astype(np.uint8)
+    Image.fromarray(hole).save(root / "mask.png")
+    models = {t: str(p) for t, p in TASK_EXPORTS.items()}
+    cli.main(["upscale", str(root / "lr.png"), str(root / "up.png"), "--model", models["sr"], "--steps", "2"])
+    assert Image.open(root / "up.png").size == (32, 32)
+    cli.main(["inpaint", str(root / "img.png"), str(root / "mask.png"), str(root / "fill.png"), "--model",
+              models["inpaint"], "--steps", "2"])
+    out = np.asarray(Image.open(root / "fill.png"))
+    keep = hole == 0
+    assert np.array_equal(out[keep], np.asarray(Image.open(root / "img.png"))[keep])  # known pixels untouched
+    # bad inputs: each a one-line error naming the fix
+    Image.fromarray(hole[:16, :16]).save(root / "small.png")
+    with pytest.raises(SystemExit, match="give a mask of the image's size"):
+        cli.main(["inpaint", str(root / "img.png"), str(root / "small.png"), str(root / "x.png"), "--model",
+                  models["inpaint"]])
+    soft = hole.copy()
+    soft[0, 0] = 128
+    Image.fromarray(soft).save(root / "soft.png")
+    with pytest.raises(SystemExit, match="--threshold 0.5"):
+        cli.main(["inpaint", str(root / "img.png"), str(root / "soft.png"), str(root / "x.png"), "--model",
+                  models["inpaint"]])
+    Image.fromarray(to_uint8(degrade(img, 4)[:, :7, :7])).save(root / "odd.png")
+    with pytest.raises(SystemExit, match="multiples of"):
+        cli.main(["upscale", str(root / "odd.png"), str(root / "x.png"), "--model", models["sr"]])
+    with pytest.raises(SystemExit, match="not a super-resolution model"):
+        cli.main(["upscale", str(root / "lr.png"), str(root / "x.png"), "--model", models["inpaint"]])
+    with pytest.raises(SystemExit, match="has no hole"):
+        Image.fromarray(np.zeros_like(hole)).save(root / "none.png")
+        cli.main(["inpaint", str(root / "img.png"), str(root / "none.png"), str(root / "x.png"), "--model",
+                  models["inpaint"]])
+
+
+def test_cli_training_free_inpainting_and_train_task(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from ldm_lite import cli
+    from ldm_lite.data import load_openmoji, to_uint8
+    from ldm_lite.pretrained import load_manifest
+
+    img = load_openmoji(64, split="test")[0]["image"]
+    Image.fromarray(to_uint8(img)).save(tmp_path / "e.png")
+    hole = (random_mask(64, 0.25, seed=3)[0].numpy() * 255).astype(np.uint8)
+    Image.fromarray(hole).save(tmp_path / "m.png")
+    Image.fromarray(255 - hole).save(tmp_path / "keep.png")
+    for extra in ([], ["--repaint", "1,2"]):
+        cli.main(["inpaint", str(tmp_path / "e.png"), str(tmp_path / "m.png"), str(tmp_path / "o.png"), "--model",
+                  "ldm_openmoji64", "--steps", "2", *extra])
+    a = np.asarray(Image.open(tmp_path / "o.png"))
+    cli.main(["inpaint", str(tmp_path / "e.png"), str(tmp_path / "keep.png"), str(tmp_path / "o2.png"), "--model",
+              "ldm_openmoji64", "--steps", "2", "--mask-means", "keep", "--repaint", "1,2"])
+    assert np.array_equal(a, np.asarray(Image.open(tmp_path / "o2.png")))  # the same mask, said the other way
+    with pytest.raises(SystemExit, match="trained\\s+inpainter|training-free"):
+        cli.main(["inpaint", str(tmp_path / "e.png"), str(tmp_path / "m.png"), str(tmp_path / "o.png"), "--model",
+                  "ldm_shapes_text64"])
+    cli.main(["train-ldm", "--data", "shapes", "--size", "32", "--task", "semantic", "--first-stage",
+              "ae_kl_f4_shapes_fashion", "--train-images", "8", "--model-channels", "32", "--channel-mult", "1,2",
+              "--attention-resolutions", "2", "--num-head-channels", "16", "--steps", "1", "--batch-size", "4",
+              "--export", str(tmp_path / "sem")])
+    assert load_manifest(tmp_path / "sem")["recipe"]["task"] == "semantic"
