@@ -388,17 +388,27 @@ class LatentDiffusion(nn.Module):
                     z = out
         return z.float() * self.scale_factor
 
-    def decode_first_stage(self, z: torch.Tensor, force_quantize: bool = True) -> torch.Tensor:
+    def decode_first_stage(self, z: torch.Tensor, force_quantize: bool = True, tile: int | None = None,
+                           overlap: int = 4) -> torch.Tensor:
         """Scaled latents ``(B, c, h, w)`` -> images ``D(z / scale_factor)`` ``(B, 3, h f, w f)`` (not clamped).
 
         A VQ first stage quantises first (``force_quantize``). Gradients flow if ``z`` requires them.
+        ``tile``: decode in overlapping ``tile × tile`` latent tiles (:func:`~ldm_lite.autoencoder.tiled.tiled_decode`)
+        -- constant memory for large canvases, at the price of per-tile normalisation statistics.
         """
         z = z / self.scale_factor.to(z.dtype)
         if self.first_stage is None:
             return z
         if hasattr(self.first_stage, "encode_pre_quant"):
-            return self.first_stage.decode(z, force_quantize=force_quantize)
-        return self.first_stage.decode(z)
+            def decode(zz):
+                return self.first_stage.decode(zz, force_quantize=force_quantize)
+        else:
+            decode = self.first_stage.decode
+        if tile is not None:
+            from ldm_lite.autoencoder.tiled import tiled_decode
+
+            return tiled_decode(decode, z, self.f, tile, overlap)
+        return decode(z)
 
     # ------------------------------------------------------------------ Sec. 3.3: conditioning
     def get_learned_conditioning(self, y: Any) -> dict[str, torch.Tensor] | None:
@@ -713,6 +723,7 @@ class LatentDiffusion(nn.Module):
         hole_mask: torch.Tensor | None = None,
         jump_length: int = 0,
         jump_n_sample: int = 1,
+        decode_tile: int | None = None,
         **sampler_kwargs,
     ):
         """Generate images: sample latents with a sampler, then decode them. Returns ``(B, 3, H, W)`` in [-1, 1].
@@ -736,6 +747,7 @@ class LatentDiffusion(nn.Module):
         at the latent size or the image size (then a latent position is kept only where all its f x f pixels
         are known). ``sampler``: a name (``"ddim"``,
         ``"plms"``, ``"dpm"``, ``"ddpm"``) or a :class:`Sampler`; extra keyword arguments go to its constructor.
+        ``decode_tile``: decode the latents in overlapping tiles of this side (large canvases, chapter 07).
 
         ``return_latents=True`` returns ``(images, latents)``.
         """
@@ -812,7 +824,7 @@ class LatentDiffusion(nn.Module):
                 x0=x0, generator=generator, callback=callback, progress=progress, device=self.device,
                 jump_length=jump_length, jump_n_sample=jump_n_sample,
             )
-            images = self.decode_first_stage(z).clamp(-1.0, 1.0)
+            images = self.decode_first_stage(z, tile=decode_tile).clamp(-1.0, 1.0)
         finally:
             self.train(was_training)
         return (images, z) if return_latents else images

@@ -334,3 +334,13 @@ def test_cli_training_free_inpainting_and_train_task(tmp_path):
               "--attention-resolutions", "2", "--num-head-channels", "16", "--steps", "1", "--batch-size", "4",
               "--export", str(tmp_path / "sem")])
     assert load_manifest(tmp_path / "sem")["recipe"]["task"] == "semantic"
+
+
+def test_sample_with_a_tiled_decode(task_models):
+    sem = task_models["semantic"]
+    seg = torch.stack([ShapesDataset(64, length=1, seed=2)[0]["segmentation"]])
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    full, z = sem.sample(cond=seg, steps=2, generator=gen(), progress=False, return_latents=True)
+    tiled = sem.sample(cond=seg, steps=2, generator=gen(), progress=False, decode_tile=8)
+    assert tiled.shape == full.shape == (1, 3, 64, 64)
+    torch.testing.assert_close(tiled, tiled_decode(sem.first_stage.decode, z / sem.scale_factor, 4, 8, 4).clamp(-1, 1))
