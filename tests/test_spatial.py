@@ -344,3 +344,18 @@ def test_sample_with_a_tiled_decode(task_models):
     tiled = sem.sample(cond=seg, steps=2, generator=gen(), progress=False, decode_tile=8)
     assert tiled.shape == full.shape == (1, 3, 64, 64)
     torch.testing.assert_close(tiled, tiled_decode(sem.first_stage.decode, z / sem.scale_factor, 4, 8, 4).clamp(-1, 1))
+
+
+def test_masked_l1_scores_only_the_hole():
+    from ldm_lite.metrics import masked_l1
+
+    y = torch.zeros(2, 3, 8, 8)
+    hole = torch.zeros(2, 1, 8, 8)
+    hole[:, :, :4] = 1
+    x = y.clone()
+    x[:, :, :4] = 1.0  # wrong by 0.5 on the [0, 1] scale inside the hole
+    x[:, :, 4:] = -1.0  # wrong outside: must not count
+    x[1, :, 4:] = 0.0
+    torch.testing.assert_close(masked_l1(x, y, hole, reduction="none"), torch.tensor([0.5, 0.5]))
+    with pytest.raises(ValueError, match="empty"):
+        masked_l1(x, y, torch.zeros(2, 1, 8, 8))

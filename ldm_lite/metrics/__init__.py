@@ -1,7 +1,7 @@
 """Measurement for the course (chapter 08, DESIGN §7), split by purpose:
 
 =====================  ==========================================================================
-``reconstruction``     PSNR, SSIM (chapter 01's autoencoders)
+``reconstruction``     PSNR, SSIM (chapter 01's autoencoders), L1 inside an inpainting hole (07)
 ``features``           the embeddings: Inception-v3 when its weights are present, labelled substitutes
 ``evaluators``         the course's own feature networks, trained on its offline data and shipped
 ``distances``          features -> numbers: FID (Fréchet distance), KID, precision / recall,
@@ -13,7 +13,7 @@
 Every name is importable from ``ldm_lite.metrics`` directly.
 """
 
-from ldm_lite.metrics.reconstruction import psnr, ssim
+from ldm_lite.metrics.reconstruction import masked_l1, psnr, ssim
 from ldm_lite.metrics.features import (
     FEATURE_KINDS, FID_INCEPTION_FILE, FID_INCEPTION_URL, INCEPTION_DIM, INCEPTION_SIZE,
     RANDOM_VGG_FEATURE_DIM, RANDOM_VGG_FEATURE_LAYERS, RANDOM_VGG_FEATURE_SIZE, TORCHVISION_INCEPTION_FILE,

@@ -65,3 +65,21 @@ def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 7, sigma: float = 1.5, 
     s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
     out = s.flatten(1).mean(1)
     return out.mean() if reduction == "mean" else out
+
+
+def masked_l1(x: torch.Tensor, y: torch.Tensor, hole_mask: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Mean absolute error on the [0, 1] scale *inside the hole* (``hole_mask`` 1 = generated), per image:
+    the inpainting error of chapter 07 -- the known pixels are equal by construction and would dilute it.
+
+    x, y: (B, C, H, W) in [-1, 1]; ``hole_mask`` (B or 1, 1, H, W), binary. ``reduction="none"`` returns (B,).
+    """
+    _check_pair(x, y)
+    from ldm_lite.data.spatial import keep_mask_from
+
+    hole = 1.0 - keep_mask_from(hole_mask=hole_mask, like=x).to(x.device)
+    hole = hole.expand(x.shape[0], 1, *x.shape[-2:])
+    area = hole.flatten(1).sum(1)
+    if (area == 0).any():
+        raise ValueError("a hole mask is empty (no pixel to score); give every image a hole")
+    err = ((_to_unit(x) - _to_unit(y)).abs().mean(1, keepdim=True) * hole).flatten(1).sum(1) / area
+    return err.mean() if reduction == "mean" else err
