@@ -359,3 +359,22 @@ def test_masked_l1_scores_only_the_hole():
     torch.testing.assert_close(masked_l1(x, y, hole, reduction="none"), torch.tensor([0.5, 0.5]))
     with pytest.raises(ValueError, match="empty"):
         masked_l1(x, y, torch.zeros(2, 1, 8, 8))
+
+
+def test_semantic_accuracy_reads_segments_from_the_map():
+    from ldm_lite import metrics as M
+
+    ds = ShapesDataset(64, length=40, seed=10_000)
+    x = torch.stack([ds[i]["image"] for i in range(40)])
+    seg = torch.stack([ds[i]["segmentation"] for i in range(40)])
+    boxes, labels = M.segments_of(seg)
+    assert (labels >= 0).sum() == sum(ds[i]["num_objects"] for i in range(40))  # one segment per object
+    r = M.semantic_accuracy(x, seg, real_images=x)
+    assert r["value"] == 1.0 and r["ceiling"]["value"] == 1.0 and r["floor"]["value"] < 0.1
+    # a 2x canvas: the same scene, twice the size, is scored the same
+    up = torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+    assert M.semantic_accuracy(up, seg.repeat_interleave(2, -1).repeat_interleave(2, -2))["value"] == 1.0
+    blank = torch.full_like(x, x[0, :, 0, 0].mean().item())
+    assert M.semantic_accuracy(blank, seg)["value"] == 0.0
+    with pytest.raises(ValueError, match="integer label maps"):
+        M.segments_of(seg.float())

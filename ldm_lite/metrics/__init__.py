@@ -34,5 +34,6 @@ from ldm_lite.metrics.evaluators import (
     EmojiFeatureNet, FashionClassifier, ShapesAttributeNet, build_evaluator, load_evaluator,
 )
 from ldm_lite.metrics.conditional import (
-    box_iou, caption_accuracy, class_accuracy, layout_accuracy, parse_caption, shapes_heldout_accuracy,
+    box_iou, caption_accuracy, class_accuracy, layout_accuracy, parse_caption, segments_of, semantic_accuracy,
+    shapes_heldout_accuracy,
 )
