@@ -378,3 +378,45 @@ def test_semantic_accuracy_reads_segments_from_the_map():
     assert M.semantic_accuracy(blank, seg)["value"] == 0.0
     with pytest.raises(ValueError, match="integer label maps"):
         M.segments_of(seg.float())
+
+
+def test_scene_editing_and_generation_from_a_map(task_models):
+    from ldm_lite.data.shapes import SHAPES
+    from ldm_lite.interactive import edit_scene, generate_from_map, scene_segmentation
+
+    ds = ShapesDataset(32, length=1, seed=5)
+    scene = ds.layout(0)
+    assert torch.equal(scene_segmentation(scene, 32), ds[0]["segmentation"])  # the same renderer as the data
+    moved = edit_scene(scene, "move", 0, dx=3, dy=-2)
+    assert moved[0]["cx"] == scene[0]["cx"] + 3 and scene[0]["cx"] == ds.layout(0)[0]["cx"]  # input untouched
+    other = [s for s in SHAPES if s != scene[0]["shape"]][0]
+    seg = scene_segmentation(edit_scene(scene, "reshape", 0, shape=other), 32)
+    assert (seg == 1 + SHAPES.index(other)).any()
+    added = edit_scene(scene, "add", shape="cross", cx=8, cy=8, r=5)
+    assert len(added) == len(scene) + 1 and len(edit_scene(added, "remove", len(scene))) == len(scene)
+    for bad, match in [(dict(op="move", index=9), "index must name"), (dict(op="reshape", index=0, shape="star"),
+                       "unknown shape"), (dict(op="add", shape="cross"), "missing"), (dict(op="spin"), "unknown edit")]:
+        with pytest.raises(ValueError, match=match):
+            edit_scene(scene, **bad)
+    images = generate_from_map(task_models["semantic"], scene_segmentation(scene, 32), n=2, steps=2)
+    assert images.shape == (2, 3, 32, 32)
+    assert generate_from_map(task_models["semantic"], scene_segmentation(scene, 64), n=1, steps=2).shape[-1] == 64
+    with pytest.raises(ValueError, match="multiples of"):
+        generate_from_map(task_models["semantic"], torch.zeros(30, 30, dtype=torch.long))
+    with pytest.raises(ValueError, match="not on a segmentation"):
+        generate_from_map(task_models["sr"], scene_segmentation(scene, 32))
+
+
+def test_map_editor_buttons_edit_and_generate(task_models):
+    from ldm_lite.interactive import map_editor
+
+    scene = ShapesDataset(32, length=1, seed=5).layout(0)
+    box = map_editor(task_models["semantic"], scene, size=32, n=1, steps=1)
+    buttons = {b.description: b for b in box.children[2].children if hasattr(b, "on_click")}
+    sliders = box.children[1].children
+    sliders[0].value = 2
+    buttons["move"].click()
+    buttons["add"].click()
+    assert box.children[0].children[0].max == len(scene)  # the object picker grew with the scene
+    buttons["generate"].click()
+    assert not buttons["generate"].disabled
