@@ -11,7 +11,7 @@ import datetime
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Sequence
 
@@ -565,6 +565,27 @@ def build_ldm(recipe: LDMRecipe, first_stage=None, cond_stage: torch.nn.Module |
 
 
 @torch.no_grad()
+def _task_kwargs(recipe) -> dict:
+    return dict(factor=recipe.sr_factor, degradation=recipe.degradation, mask_fraction=recipe.mask_fraction)
+
+
+def recipe_test_set(recipe):
+    """The held-out set a recipe's ``val_loss`` is measured on: the dataset's test split, and for a spatial
+    ``task`` each image with its condition (low-resolution image / hole mask / segmentation) drawn from
+    ``seed + 1``. ``recipe`` is an :class:`LDMRecipe` or a manifest's ``"recipe"`` dict."""
+    if isinstance(recipe, dict):
+        known = {f.name for f in fields(LDMRecipe)}
+        recipe = LDMRecipe(**{k: v for k, v in recipe.items() if k in known})
+    is_procedural = recipe.data in ("shapes", "photos")
+    test_set = load_dataset(recipe.data, recipe.size, "test", seed=recipe.seed,
+                            length=recipe.eval_images if is_procedural else None)
+    if recipe.task is not None:
+        from ldm_lite.data.spatial import SpatialTaskDataset
+
+        test_set = SpatialTaskDataset(test_set, recipe.task, seed=recipe.seed + 1, **_task_kwargs(recipe))
+    return test_set
+
+
 def evaluate_ldm_loss(model, dataset, n: int = 64, batch_size: int = 32, seed: int = 0) -> float:
     """The diffusion loss (Eq. 2, unweighted) on the first ``n`` samples of ``dataset``, at fixed timesteps
     and noise drawn from ``seed`` (no condition dropout): comparable across runs and checkpoints."""
@@ -616,14 +637,11 @@ def train_ldm(recipe: LDMRecipe, first_stage=None, out_dir: str | None = None, c
                              length=recipe.train_images if is_procedural else None, holdout=recipe.holdout)
     if recipe.train_images is not None and not is_procedural and len(train_set) > recipe.train_images:
         train_set = Subset(train_set, range(recipe.train_images))
-    test_set = load_dataset(recipe.data, recipe.size, "test", seed=recipe.seed,
-                            length=recipe.eval_images if is_procedural else None)
+    test_set = recipe_test_set(recipe)
     if recipe.task is not None:  # each image with its low-resolution version / hole mask / segmentation
         from ldm_lite.data.spatial import SpatialTaskDataset
 
-        task_kw = dict(factor=recipe.sr_factor, degradation=recipe.degradation, mask_fraction=recipe.mask_fraction)
-        train_set = SpatialTaskDataset(train_set, recipe.task, seed=recipe.seed, **task_kw)
-        test_set = SpatialTaskDataset(test_set, recipe.task, seed=recipe.seed + 1, **task_kw)
+        train_set = SpatialTaskDataset(train_set, recipe.task, seed=recipe.seed, **_task_kwargs(recipe))
     num_classes = recipe.num_classes
     if recipe.cond in ("class", "class-adm") and num_classes is None:
         names = getattr(getattr(train_set, "dataset", train_set), "class_names", None)

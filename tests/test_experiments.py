@@ -105,11 +105,20 @@ def test_shipped_ldm_reproduces_its_manifest(name):
     exported = ldm_export_module(model).state_dict().values()
     assert sum(v.numel() for v in exported if v.is_floating_point()) == man["parameters"]  # as save_pretrained counts
     assert float(model.scale_factor) == pytest.approx(man["ldm"]["scale_factor"], rel=1e-3)
+    from ldm_lite.experiments import recipe_test_set
+
     rec = man["recipe"]
-    test_set = load_dataset(rec["data"], rec["size"], "test", seed=rec["seed"])
+    test_set = recipe_test_set(rec)  # for a spatial task: each image with its condition, as training measured it
     loss = evaluate_ldm_loss(model, test_set, n=rec["eval_images"], seed=rec["seed"])
     # float16 storage moves the held-out loss by far less than 2 %; an untrained eps-model scores ~1.0
     assert loss == pytest.approx(man["metrics"]["val_loss"], rel=0.02)
     assert loss < 0.5
-    images = model.sample(2, steps=3, generator=torch.Generator().manual_seed(0), progress=False)
+    cond = None
+    if model.conditioning_key == "concat":  # a spatial task samples from its condition
+        from torch.utils.data import default_collate
+
+        batch = default_collate([test_set[i] for i in range(2)])
+        key = model.cond_key
+        cond = {k: batch[k] for k in key} if isinstance(key, (tuple, list)) else batch[key]
+    images = model.sample(2, cond=cond, steps=3, generator=torch.Generator().manual_seed(0), progress=False)
     assert images.shape == (2, 3, rec["size"], rec["size"]) and torch.isfinite(images).all()
