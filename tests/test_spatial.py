@@ -361,6 +361,26 @@ def test_masked_l1_scores_only_the_hole():
         masked_l1(x, y, torch.zeros(2, 1, 8, 8))
 
 
+def test_feature_distance_is_zero_for_identical_pairs_and_grows_with_damage():
+    from ldm_lite.data import load_openmoji
+    from ldm_lite.metrics import domain_feature_extractor, feature_distance
+
+    ds = load_openmoji(64, split="test")
+    x = torch.stack([ds[i]["image"] for i in range(8)])
+    ext = domain_feature_extractor("openmoji")
+    same = feature_distance(x, x, ext)
+    assert same.shape == (8,) and same.abs().max() < 1e-5
+    def up(f):
+        return torch.nn.functional.interpolate(degrade(x, f), size=64, mode="bicubic").clamp(-1, 1)
+
+    mild = feature_distance(up(2), x, ext, reduction="mean")
+    harsh = feature_distance(up(8), x, ext, reduction="mean")
+    other = feature_distance(x.roll(1, 0), x, ext, reduction="mean")  # a different emoji
+    assert 0 < mild < harsh < other, (mild, harsh, other)
+    with pytest.raises(ValueError, match="same shape"):
+        feature_distance(x, x[:4], ext)
+
+
 def test_semantic_accuracy_reads_segments_from_the_map():
     from ldm_lite import metrics as M
 

@@ -29,7 +29,7 @@ from ldm_lite.metrics.distances import (
     StreamingFeatureStats, bootstrap_interval, set_metrics_with_intervals, wilson_interval,
 )
 from ldm_lite.metrics.features import DOMAIN_KINDS, domain_feature_extractor
-from ldm_lite.metrics.quality import features_of, format_report, quality_report, stream_features
+from ldm_lite.metrics.quality import feature_distance, features_of, format_report, quality_report, stream_features
 from ldm_lite.metrics.evaluators import (
     EmojiFeatureNet, FashionClassifier, ShapesAttributeNet, build_evaluator, load_evaluator,
 )
