@@ -68,3 +68,25 @@ def test_progress_summary_mode_prints_one_line(monkeypatch, capsys):
 
     with pytest.raises(ValueError, match="LDM_PROGRESS"):
         progress(range(2))
+
+
+def test_07_spatial_solutions_pass_the_notebook_checks():
+    import torch
+
+    from ldm_lite.autoencoder.tiled import tiled_decode
+    from ldm_lite.data import load_openmoji, random_masks
+    from ldm_lite.diffusion.samplers import repaint_moves
+    from ldm_lite.pretrained import load_ldm
+
+    sol = _load("07_spatial_conditioning")
+    inp = load_ldm("ldm_openmoji_inpaint64")
+    img = torch.stack([load_openmoji(64, split="test")[i]["image"] for i in range(2)])
+    h = random_masks(2, 64, 0.3, seed=5)
+    want = inp.get_learned_conditioning({"masked_image": img * (1 - h), "hole_mask": h})["c_concat"]
+    torch.testing.assert_close(sol.my_inpaint_condition(inp, img, h), want)
+    for args in ((6, 2, 2), (10, 3, 3), (5, 0, 4), (7, 7, 2)):
+        assert sol.my_repaint_moves(*args) == repaint_moves(*args)
+    z = torch.randn(1, inp.latent_channels, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(sol.my_tiled_decode(inp.first_stage.decode, z, 4, 16),
+                                   tiled_decode(inp.first_stage.decode, z, 4, 16, overlap=0))
