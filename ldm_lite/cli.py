@@ -16,17 +16,62 @@ import sys
 
 
 def _tuple(text: str) -> tuple[int, ...]:
-    return tuple(int(v) for v in text.split(","))
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers, e.g. 1,2,4") from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _finite_float(low: float | None = None, high: float | None = None, high_open: bool = False,
+                  low_open: bool = False):
+    """An argparse type: a finite float in [low, high] (open ends where asked); NaN and inf are refused."""
+    import math
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if low is not None and (value < low or (low_open and value == low)):
+            raise argparse.ArgumentTypeError(f"must be {'>' if low_open else '>='} {low:g}, got {value:g}")
+        if high is not None and (value > high or (high_open and value == high)):
+            raise argparse.ArgumentTypeError(f"must be {'<' if high_open else '<='} {high:g}, got {value:g}")
+        return value
+
+    return parse
+
+
+def _set_threads(args) -> None:
+    """--threads N (validated by argparse: N >= 1) sets torch's CPU threads; without it torch's default."""
+    if getattr(args, "threads", None) is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
 
 def _add_run_args(p, seed: int) -> None:
     """The options every training command shares: seed, run folder, checkpoints, export, threads."""
     p.add_argument("--seed", type=int, default=seed)
     p.add_argument("--out", default=None, help="run folder for checkpoints (resume with --resume)")
-    p.add_argument("--ckpt-every", type=int, default=None)
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--ckpt-every", type=_positive_int, default=None)
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                   help="continue the run in --out from its latest checkpoint, or from the checkpoint folder given "
+                        "(e.g. runs/x/checkpoints/step_00000500)")
     p.add_argument("--export", default=None, help="name under data/pretrained/ or a path for the final weights")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--force", action="store_true", help="let --export replace an existing checkpoint of that name")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
 
 
 def _add_train_ae(sub) -> None:
@@ -45,9 +90,9 @@ def _add_train_ae(sub) -> None:
     p.add_argument("--n-embed", type=int, default=d.n_embed, help="VQ codebook size")
     p.add_argument("--crop", type=int, default=None, help="train on random crops of this size (faster)")
     p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--steps", type=_positive_int, default=d.steps)
+    p.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
+    p.add_argument("--lr", type=_finite_float(0, low_open=True), default=d.lr)
     p.add_argument("--kl-weight", type=float, default=d.kl_weight)
     p.add_argument("--perceptual-weight", type=float, default=d.perceptual_weight)
     p.add_argument("--perceptual", default=d.perceptual, help="auto | lpips | random-vgg | none")
@@ -63,8 +108,7 @@ def _run_train_ae(args) -> dict:
 
     from ldm_lite.experiments import AERecipe, train_autoencoder
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _set_threads(args)
     recipe = AERecipe(
         data=args.data, size=args.size, f=args.f, reg=args.reg, ch=args.ch, ch_mult=args.ch_mult,
         num_res_blocks=args.num_res_blocks, z_channels=args.z_channels, n_embed=args.n_embed, steps=args.steps,
@@ -73,7 +117,8 @@ def _run_train_ae(args) -> dict:
         ema_decay=args.ema_decay, seed=args.seed, crop=args.crop, lr_schedule=args.lr_schedule,
     )
     result = train_autoencoder(recipe, out_dir=args.out, ckpt_every=args.ckpt_every, resume=args.resume,
-                               export=args.export, eval_every=args.eval_every, command="ldm-lite " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+                               export=args.export, eval_every=args.eval_every, force=args.force,
+                               command="ldm-lite " + " ".join(shlex.quote(a) for a in args.argv))
     summary = dict(metrics=result["metrics"], wall_time_s=round(result["wall_time_s"], 1),
                    perceptual=result["perceptual"], weights=result.get("weights"))
     print(json.dumps(summary, indent=2))
@@ -126,11 +171,11 @@ def _add_train_ldm(sub) -> None:
     p.add_argument("--weighting", choices=["none", "min_snr"], default="none")
     p.add_argument("--no-scale-by-std", action="store_true", help="keep scale_factor (default: estimate 1/std)")
     p.add_argument("--scale-factor", type=float, default=d.scale_factor)
-    p.add_argument("--cond-drop-prob", type=float, default=d.cond_drop_prob)
+    p.add_argument("--cond-drop-prob", type=_finite_float(0, 1, high_open=True), default=d.cond_drop_prob)
     p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--steps", type=_positive_int, default=d.steps)
+    p.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
+    p.add_argument("--lr", type=_finite_float(0, low_open=True), default=d.lr)
     p.add_argument("--lr-warmup-steps", type=int, default=d.lr_warmup_steps)
     p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="0 turns the EMA off")
     p.add_argument("--no-cache", action="store_true", help="encode every batch instead of caching latents once")
@@ -142,8 +187,7 @@ def _run_train_ldm(args) -> dict:
 
     from ldm_lite.experiments import LDMRecipe, train_ldm
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _set_threads(args)
     recipe = LDMRecipe(
         data=args.data, size=args.size, first_stage=args.first_stage, train_images=args.train_images,
         cond=None if args.cond == "none" else args.cond, model_channels=args.model_channels,
@@ -159,7 +203,7 @@ def _run_train_ldm(args) -> dict:
         lr_schedule=args.lr_schedule, ema_decay=args.ema_decay or None, seed=args.seed,
     )
     result = train_ldm(recipe, out_dir=args.out, ckpt_every=args.ckpt_every, resume=args.resume, export=args.export,
-                       cache_latents=not args.no_cache,
+                       cache_latents=not args.no_cache, force=args.force,
                        command="ldm-lite " + " ".join(shlex.quote(a) for a in getattr(args, "argv", sys.argv[1:])))
     summary = dict(metrics=result["metrics"], first_stage=result["first_stage"],
                    scale_factor=round(result["scale_factor"], 5), wall_time_s=round(result["wall_time_s"], 1),
@@ -171,11 +215,11 @@ def _run_train_ldm(args) -> dict:
 def _add_sample(sub) -> None:
     p = sub.add_parser("sample", help="sample a shipped / exported LDM into a PNG grid")
     p.add_argument("--model", required=True, help="name under data/pretrained/ or a path (manifest kind 'ldm')")
-    p.add_argument("--n", type=int, default=16, help="number of images")
+    p.add_argument("--n", type=_positive_int, default=16, help="number of images")
     p.add_argument("--sampler", default="ddim", help="ddim | plms | dpm | ddpm")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0 = deterministic)")
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
+    p.add_argument("--steps", type=_positive_int, default=50)
+    p.add_argument("--eta", type=_finite_float(0, 1), default=0.0, help="DDIM noise (0 = deterministic)")
+    p.add_argument("--guidance", type=_finite_float(0), default=1.0, help="classifier-free guidance scale")
     p.add_argument("--label", type=_tuple, default=None,
                    help="class label(s) for a class-conditional model, e.g. 3 or 0,1,2,3 (repeated to --n)")
     p.add_argument("--prompt", action="append", default=None,
@@ -190,8 +234,8 @@ def _add_sample(sub) -> None:
     p.add_argument("--out", default="samples.png",
                    help="a .png (one grid of all images) or a .npz (uint8 (N, H, W, C) array 'images' + a .json "
                         "manifest beside it: a sample set for the metrics of chapter 08)")
-    p.add_argument("--batch-size", type=int, default=64, help="images sampled at once (memory)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="images sampled at once (memory)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
 
 
 def _manifest_of(model: str) -> dict:
@@ -217,10 +261,7 @@ def _run_sample(args) -> dict:
         raise SystemExit(f"--out {args.out!r}: write a .png (a grid) or a .npz (the images as an array)")
     if args.n < 1 or args.batch_size < 1:
         raise SystemExit(f"--n and --batch-size must be >= 1, got {args.n} and {args.batch_size}")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise SystemExit(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    _set_threads(args)
     given = [name for name, v in (("--label", args.label), ("--prompt", args.prompt), ("--layout", args.layout))
              if v is not None]
     if len(given) > 1:
@@ -342,9 +383,9 @@ def _add_upscale(sub) -> None:
     p.add_argument("input", help="the low-resolution image (PNG / JPEG)")
     p.add_argument("output", help="where to write the upscaled image (.png / .jpg)")
     p.add_argument("--model", required=True, help="an exported super-resolution LDM (train-ldm --task sr)")
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--steps", type=_positive_int, default=50)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=_positive_int, default=None)
 
 
 def _run_upscale(args) -> dict:
@@ -356,8 +397,7 @@ def _run_upscale(args) -> dict:
     manifest = _manifest_of(args.model)
     if manifest.get("recipe", {}).get("task") != "sr":
         raise SystemExit(f"{args.model} is not a super-resolution model (train one with `ldm-lite train-ldm --task sr`)")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _set_threads(args)
     lr = _read_image(args.input, "input")
     factor = int(manifest["recipe"].get("sr_factor", 4))
     model = load_ldm(args.model)
@@ -393,9 +433,9 @@ def _add_inpaint(sub) -> None:
                         "pure black and white")
     p.add_argument("--repaint", type=_tuple, default=None,
                    help="training-free only: RePaint resampling JUMP_LENGTH,JUMP_N_SAMPLE, e.g. 5,4 (DDIM)")
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--steps", type=_positive_int, default=50)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=_positive_int, default=None)
 
 
 def _run_inpaint(args) -> dict:
@@ -440,8 +480,7 @@ def _run_inpaint(args) -> dict:
     jump = tuple(args.repaint) if args.repaint else (0, 1)
     if len(jump) != 2:
         raise SystemExit(f"--repaint takes JUMP_LENGTH,JUMP_N_SAMPLE, e.g. 5,4; got {args.repaint}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _set_threads(args)
     model = load_ldm(args.model)
     gen = torch.Generator().manual_seed(args.seed)
     if trained:
@@ -464,17 +503,18 @@ def _add_train_evaluator(sub) -> None:
     d = EvaluatorRecipe("fashion-classifier")
     p = sub.add_parser("train-evaluator", help="train a feature network for the metrics (chapter 08)")
     p.add_argument("--network", required=True, choices=sorted(DATASET_OF))
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--augment", type=float, default=d.augment, help="augmentation strength in [0, 1]")
+    p.add_argument("--steps", type=_positive_int, default=d.steps)
+    p.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
+    p.add_argument("--lr", type=_finite_float(0, low_open=True), default=d.lr)
+    p.add_argument("--augment", type=_finite_float(0, 1), default=d.augment, help="augmentation strength in [0, 1]")
     p.add_argument("--ae", default=None, help="autoencoder whose reconstructions join the augmentations")
-    p.add_argument("--ae-prob", type=float, default=d.ae_prob)
+    p.add_argument("--ae-prob", type=_finite_float(0, 1), default=d.ae_prob)
     p.add_argument("--eval-n", type=int, default=d.eval_n,
                    help="held-out images for the final score (default: 1,000 shapes renders / all Fashion test images)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--export", default=None, help="name under data/pretrained/ or a path")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--force", action="store_true", help="let --export replace an existing checkpoint of that name")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
 
 
 def _run_train_evaluator(args) -> dict:
@@ -482,15 +522,12 @@ def _run_train_evaluator(args) -> dict:
 
     from ldm_lite.evaluator_training import EvaluatorRecipe, train_evaluator
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise SystemExit(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    _set_threads(args)
     recipe = EvaluatorRecipe(args.network, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                              augment=args.augment, ae=args.ae, ae_prob=args.ae_prob, eval_n=args.eval_n,
                              seed=args.seed)
     command = "ldm-lite " + " ".join(shlex.quote(a) for a in args.argv)
-    _, report = train_evaluator(recipe, export=args.export, command=command)
+    _, report = train_evaluator(recipe, export=args.export, command=command, force=args.force)
     print(json.dumps(report, indent=2, default=str))
     return report
 
@@ -548,8 +585,21 @@ def _run_execute_notebook(args) -> dict:
     return done
 
 
-def main(argv=None) -> int:
+# API wording in error messages -> the CLI's own options (the message was written for `fit(...)` callers)
+_CLI_TERMS = (("fit(resume=True)", "--resume"), ("resume=True", "--resume"), ("force=True", "--force"),
+              ("config.out_dir", "--out"), ("out_dir", "--out"))
+
+
+def _cli_terms(message: str) -> str:
+    for api, cli in _CLI_TERMS:
+        message = message.replace(api, cli)
+    return " ".join(message.split())  # one line
+
+
+def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ldm-lite", description=__doc__.split("\n")[0])
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, show the full Python traceback (also: LDM_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train_ae(sub)
     _add_train_ldm(sub)
@@ -559,8 +609,13 @@ def main(argv=None) -> int:
     _add_train_evaluator(sub)
     _add_execute_notebook(sub)
     sub.add_parser("list-pretrained", help="list the checkpoints shipped in data/pretrained/")
-    args = parser.parse_args(argv)
-    args.argv = list(argv) if argv is not None else sys.argv[1:]  # recorded in exported manifests
+    return parser
+
+
+def _dispatch(args) -> None:
+    from ldm_lite import config
+
+    config.scale()  # an unknown LDM_SCALE is an error here too, before any work
     if args.command == "train-ae":
         _run_train_ae(args)
     elif args.command == "train-ldm":
@@ -580,6 +635,34 @@ def main(argv=None) -> int:
 
         for m in list_pretrained():
             print(f"{m['name']:<28} {m.get('kind', '?'):<12} {json.dumps(m.get('metrics', {}))}")
+
+
+def main(argv=None) -> int:
+    """Run one command. An error exits with status 1 and one line in CLI terms on stderr (a ``SystemExit``
+    carrying it, so callers and tests can catch it); ``--debug`` or ``LDM_DEBUG=1`` re-raise with the traceback."""
+    import os
+
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    debug = "--debug" in argv or os.environ.get("LDM_DEBUG", "").strip() not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]  # accepted anywhere on the line, not only before the command
+    args = _build_parser().parse_args(argv)
+    args.argv = argv  # recorded in exported manifests
+    try:
+        _dispatch(args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        raise SystemExit(f"ldm-lite {args.command}: interrupted") from None
+    except SystemExit as err:  # our own messages: one line, prefixed, in CLI terms
+        if debug or err.code is None or isinstance(err.code, int):
+            raise
+        raise SystemExit(f"ldm-lite {args.command}: error: {_cli_terms(str(err.code))}") from None
+    except Exception as err:  # noqa: BLE001 -- every failure becomes one readable line (exit status 1)
+        if debug:
+            raise
+        kind = "" if isinstance(err, (ValueError, FileNotFoundError, FileExistsError)) else f"{type(err).__name__}: "
+        raise SystemExit(f"ldm-lite {args.command}: error: {kind}{_cli_terms(str(err))} "
+                         "(add --debug for the traceback)") from None
     return 0
 
 

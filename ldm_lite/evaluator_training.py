@@ -200,11 +200,15 @@ def evaluate_emoji(model, x_test=None, seed: int = 1234, strength: float = 1.0) 
 
 # ------------------------------------------------------------------ the loop
 def train_evaluator(recipe: EvaluatorRecipe, export: str | None = None, progress: bool = True,
-                    command: str | None = None, log_every: int = 100) -> tuple[torch.nn.Module, dict]:
+                    command: str | None = None, log_every: int = 100,
+                    force: bool = False) -> tuple[torch.nn.Module, dict]:
     """Train the recipe's network; measure it on held-out data; export it (``export=`` a name for
-    ``data/pretrained/`` or a path). Returns ``(model, report)``."""
+    ``data/pretrained/`` or a path). Returns ``(model, report)``. An existing checkpoint of the export's name is
+    replaced only with ``force=True``; that, and that its folder is writable, are checked before training."""
+    from ldm_lite.pretrained import check_export_target
     from ldm_lite.progress import progress as tqdm
 
+    path = check_export_target(export, force) if export else None
     torch.manual_seed(recipe.seed)
     g = torch.Generator().manual_seed(recipe.seed)
     model = build_evaluator(recipe.network, **recipe.config)
@@ -237,21 +241,18 @@ def train_evaluator(recipe: EvaluatorRecipe, export: str | None = None, progress
                   final_loss=float(np.mean(losses[-log_every:])), metrics=None,
                   parameters=count_parameters(model), threads=torch.get_num_threads())
 
-    def save():  # the weights are written before the (slower) held-out measurement: nothing is lost
-        from pathlib import Path
+    def save(replace: bool):  # the weights are written before the (slower) held-out measurement: nothing is lost
+        from ldm_lite.pretrained import save_pretrained
 
-        from ldm_lite.pretrained import PRETRAINED_DIR, save_pretrained
-
-        path = Path(export) if ("/" in export or export.endswith(".safetensors")) else PRETRAINED_DIR / export
         manifest = dict(report, kind="evaluator", config=recipe.config, dataset=DATASET_OF[recipe.network],
                         recipe=asdict(recipe),
                         command=command or "python " + " ".join(shlex.quote(a) for a in sys.argv),
                         date=datetime.date.today().isoformat(), torch=torch.__version__)
-        save_pretrained(model, path, manifest, dtype=torch.float16)
+        save_pretrained(model, path, manifest, dtype=torch.float16, force=replace)
         return str(path)
 
     if export:
-        save()
+        save(replace=force)
     if recipe.network == "fashion-classifier":
         xt, yt = data["x_test"][: recipe.eval_n], data["y_test"][: recipe.eval_n]
         metrics = dict(test=evaluate_fashion(model, xt, yt), test_degraded=evaluate_fashion(model, xt, yt, degraded=1.0))
@@ -263,7 +264,7 @@ def train_evaluator(recipe: EvaluatorRecipe, export: str | None = None, progress
         metrics = dict(heldout=evaluate_emoji(model, data["x_test"], strength=recipe.augment))
     report["metrics"] = metrics
     if export:
-        report["exported"] = save()
+        report["exported"] = save(replace=True)  # the same export, now with the held-out metrics
     return model, report
 
 

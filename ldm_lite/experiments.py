@@ -55,7 +55,7 @@ def load_dataset(name: str, size: int, split: str = "train", seed: int = 0, leng
                                      seed=seed if split == "train" else seed + 10_000)
     path = Path(name)
     if path.is_dir():
-        return data.ImageFolderDataset(path, size=size)
+        return data.ImageFolderDataset(path, size=size, split=split)
     raise ValueError(f"unknown dataset {name!r}: use one of {DATASETS} or the path of an image folder")
 
 
@@ -147,6 +147,50 @@ def stack_images(dataset, limit: int | None = None) -> torch.Tensor:
     return torch.stack([dataset[i]["image"] for i in range(n)])
 
 
+def _preflight(out_dir: str | None, resume) -> None:
+    """What a run can know before loading data and training: its ``out_dir`` can be written, and holds a run
+    to resume exactly when ``resume`` says so (the Trainer checks the same, but only after the data are ready)."""
+    if out_dir is None:
+        return
+    from ldm_lite.io import check_writable_dir, shown_path
+
+    latest = Path(out_dir) / "latest.json"
+    if resume is True and not latest.is_file():
+        raise FileNotFoundError(f"resume=True but {shown_path(out_dir)} holds no run (no latest.json); train without "
+                                "--resume first, or pass the --out folder of the run to continue")
+    if not resume and latest.is_file():
+        raise FileExistsError(f"{shown_path(out_dir)} already holds checkpoints (latest.json); pass resume=True to "
+                              "continue that run, or choose another --out folder (or delete it) to start fresh")
+    check_writable_dir(out_dir, "--out folder")
+
+
+def _trainer_recipe(recipe) -> dict:
+    """A recipe's fields for the Trainer's checkpoints (compared on resume)."""
+    return {k: (list(v) if isinstance(v, tuple) else _jsonable(v)) for k, v in recipe.__dict__.items()}
+
+
+def _command(command: str | None) -> str:
+    return command or " ".join(shlex.quote(a) for a in sys.argv)
+
+
+def _save_export(model, target: Path, manifest: dict, force: bool, **kw) -> Path:
+    """``save_pretrained`` after training; if ``target`` appeared *while* this run trained (checked free before),
+    save next to it under a free name instead of losing the run, and say so."""
+    import warnings
+
+    from ldm_lite.pretrained import ExistingExportError, save_pretrained
+
+    try:
+        return save_pretrained(model, target, manifest, force=force, **kw)
+    except ExistingExportError as err:
+        i = 2
+        while target.with_name(f"{target.name}_{i}").with_suffix(".json").exists():
+            i += 1
+        other = target.with_name(f"{target.name}_{i}")
+        warnings.warn(f"{err} -- it was created while this run trained; saved this run as {other} instead")
+        return save_pretrained(model, other, manifest, force=False, **kw)
+
+
 @dataclass
 class AERecipe:
     """Hyper-parameters of a first-stage run (model, loss, optimisation). Defaults: small, CPU-friendly."""
@@ -210,7 +254,8 @@ def _eval_callback(autoencoder, images: torch.Tensor, every: int):
 
 def train_autoencoder(recipe: AERecipe, out_dir: str | None = None, ckpt_every: int | None = None,
                       resume: bool = False, progress: bool = True, export: str | None = None,
-                      perceptual=None, callbacks=(), command: str | None = None, eval_every: int | None = None) -> dict:
+                      perceptual=None, callbacks=(), command: str | None = None, eval_every: int | None = None,
+                      force: bool = False) -> dict:
     """Train a first-stage autoencoder with the recipe; evaluate PSNR/SSIM on held-out images.
 
     ``eval_every``: also measure held-out PSNR/SSIM (on up to 64 test images) every that many steps,
@@ -218,8 +263,14 @@ def train_autoencoder(recipe: AERecipe, out_dir: str | None = None, ckpt_every: 
 
     Returns dict(autoencoder (eval mode, EMA weights if used), history, metrics, wall_time_s, recipe).
     With ``export`` (a path or a name under ``data/pretrained/``) the weights are saved in float16 with
-    a JSON manifest recording data, command, steps, wall time and held-out metrics.
+    a JSON manifest recording data, command, steps, wall time and held-out metrics; an existing checkpoint of
+    that name is replaced only with ``force=True``. Both ``out_dir`` and ``export`` are checked (writable, not
+    taken) before any data are loaded.
     """
+    from ldm_lite.pretrained import check_export_target
+
+    _preflight(out_dir, resume)
+    target = check_export_target(export, force) if export else None
     torch.manual_seed(recipe.seed)
     train_set = load_dataset(recipe.data, recipe.size, "train", seed=recipe.seed)
     if recipe.crop:
@@ -234,7 +285,8 @@ def train_autoencoder(recipe: AERecipe, out_dir: str | None = None, ckpt_every: 
     callbacks = list(callbacks)
     if eval_every:
         callbacks.append(_eval_callback(autoencoder, test_images[:64], eval_every))
-    trainer = Trainer(module, train_set, cfg, callbacks=callbacks)
+    trainer = Trainer(module, train_set, cfg, callbacks=callbacks, recipe=_trainer_recipe(recipe),
+                      command=_command(command))
     t0 = time.perf_counter()
     history = trainer.fit(resume=resume)
     wall = time.perf_counter() - t0
@@ -249,9 +301,6 @@ def train_autoencoder(recipe: AERecipe, out_dir: str | None = None, ckpt_every: 
     result = dict(autoencoder=autoencoder.eval(), history=history, metrics=metrics, wall_time_s=wall,
                   recipe=recipe, perceptual=loss.perceptual_loss.name if recipe.perceptual_weight > 0 else "none")
     if export:
-        from ldm_lite.pretrained import PRETRAINED_DIR, save_pretrained
-
-        target = Path(export) if ("/" in export or export.endswith(".safetensors")) else PRETRAINED_DIR / export
         manifest = dict(
             kind="autoencoder", config=recipe.autoencoder_config().to_dict(),
             data=dict(name=recipe.data, size=recipe.size, train_images=len(train_set),
@@ -265,7 +314,7 @@ def train_autoencoder(recipe: AERecipe, out_dir: str | None = None, ckpt_every: 
             final_train_logs={k: round(v, 5) for k, v in history[-1].items()} if history else {},
             date=datetime.date.today().isoformat(),
         )
-        result["weights"] = str(save_pretrained(autoencoder, target, manifest))
+        result["weights"] = str(_save_export(autoencoder, target, manifest, force))
     return result
 
 
@@ -380,6 +429,19 @@ class LDMRecipe:
                 raise ValueError(f"sr_factor must be a power of two (4 for the paper's ×4 SR), got {self.sr_factor}")
         if self.cond == "layout" and self.data != "shapes":
             raise ValueError(f"cond='layout' needs boxes with classes: use data='shapes' (got {self.data!r})")
+        import math
+
+        if not (isinstance(self.cond_drop_prob, (int, float)) and math.isfinite(self.cond_drop_prob)
+                and 0 <= self.cond_drop_prob < 1):
+            raise ValueError(f"LDMRecipe.cond_drop_prob must be in [0, 1) -- the share of training examples whose "
+                             f"condition is dropped for classifier-free guidance (the paper: 0.1) -- got "
+                             f"{self.cond_drop_prob!r}")
+        for name in ("steps", "batch_size", "size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"LDMRecipe.{name} must be a positive int, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"LDMRecipe.lr must be a finite number > 0 (e.g. 2e-4), got {self.lr!r}")
 
     def schedule_config(self) -> dict:
         return dict(schedule=self.schedule, n_timestep=self.timesteps, linear_start=self.linear_start,
@@ -611,7 +673,8 @@ def evaluate_ldm_loss(model, dataset, n: int = 64, batch_size: int = 32, seed: i
 
 def train_ldm(recipe: LDMRecipe, first_stage=None, out_dir: str | None = None, ckpt_every: int | None = None,
               resume: bool = False, progress: bool = True, export: str | None = None, cache_latents: bool = True,
-              callbacks=(), command: str | None = None, cond_stage: torch.nn.Module | None = None) -> dict:
+              callbacks=(), command: str | None = None, cond_stage: torch.nn.Module | None = None,
+              force: bool = False) -> dict:
     """Train a latent diffusion model (or a pixel-space one) with the recipe.
 
     ``first_stage``: overrides ``recipe.first_stage``: a shipped checkpoint's name or a path, ``"pixel"``,
@@ -625,13 +688,25 @@ def train_ldm(recipe: LDMRecipe, first_stage=None, out_dir: str | None = None, c
     path or a name under ``data/pretrained/``) the UNet (+ trainable cond stage) and the scale factor are
     saved in float16 with a manifest ``kind="ldm"`` naming the first-stage checkpoint; an in-memory first
     stage is exported next to it as ``<export>_first_stage``. Load with :func:`ldm_lite.pretrained.load_ldm`.
+    The manifest records the first stage's f, latent channels and the sha256 of its weights (as they were when
+    training started), which ``load_ldm`` checks. An existing checkpoint of the export's name is replaced only
+    with ``force=True``; it, and a writable ``out_dir``, are checked before any data are loaded.
     """
     from dataclasses import asdict
 
     from torch.utils.data import Subset
 
+    from ldm_lite.pretrained import check_export_target, first_stage_record
+
+    _preflight(out_dir, resume)
+    export_base = fs_target = None
+    if export:
+        export_base = check_export_target(export, force)
+        if isinstance(first_stage, torch.nn.Module):  # exported alongside
+            fs_target = check_export_target(export_base.with_name(export_base.name + "_first_stage"), force)
     torch.manual_seed(recipe.seed)
     ae, fs_name = _resolve_first_stage(recipe, first_stage)
+    fs_record = first_stage_record(fs_name) if fs_name not in (None, "pixel") else {}
     is_procedural = recipe.data in ("shapes", "photos")
     train_set = load_dataset(recipe.data, recipe.size, "train", seed=recipe.seed,
                              length=recipe.train_images if is_procedural else None, holdout=recipe.holdout)
@@ -668,7 +743,8 @@ def train_ldm(recipe: LDMRecipe, first_stage=None, out_dir: str | None = None, c
     cfg = TrainConfig(max_steps=recipe.steps, batch_size=recipe.batch_size, seed=recipe.seed,
                       ema_decay=recipe.ema_decay, out_dir=out_dir, ckpt_every=ckpt_every, progress=progress,
                       lr_warmup_steps=recipe.lr_warmup_steps, lr_schedule=recipe.lr_schedule)
-    trainer = Trainer(model, data, cfg, callbacks=list(callbacks))
+    trainer = Trainer(model, data, cfg, callbacks=list(callbacks), recipe=_trainer_recipe(recipe),
+                      command=_command(command))
     t0 = time.perf_counter()
     history = trainer.fit(resume=resume)
     wall = time.perf_counter() - t0
@@ -682,24 +758,32 @@ def train_ldm(recipe: LDMRecipe, first_stage=None, out_dir: str | None = None, c
     result = dict(model=model, history=history, metrics=metrics, wall_time_s=wall, encode_time_s=encode_time,
                   recipe=recipe, first_stage=fs_name, scale_factor=float(model.scale_factor))
     if export:
-        from ldm_lite.pretrained import PRETRAINED_DIR, ldm_export_module, save_pretrained
+        import warnings
 
-        target = Path(export) if ("/" in export or export.endswith(".safetensors")) else PRETRAINED_DIR / export
-        target = target.with_suffix("") if target.suffix in (".safetensors", ".json") else target
+        from ldm_lite.pretrained import ldm_export_module
+
         if ae is not None and fs_name is None:  # an in-memory first stage: export it alongside
-            fs_target = target.with_name(target.name + "_first_stage")
-            save_pretrained(ae, fs_target, dict(
+            if fs_target is None:  # (checked before training when it was passed as first_stage=)
+                fs_target = check_export_target(export_base.with_name(export_base.name + "_first_stage"), force,
+                                                note="")
+            fs_target = _save_export(ae, fs_target, dict(
                 kind="autoencoder", config=ae.config.to_dict(), data=dict(name=recipe.data, size=recipe.size),
-                note=f"first stage of the LDM {target.name}", date=datetime.date.today().isoformat()))
+                note=f"first stage of the LDM {export_base.name}", date=datetime.date.today().isoformat()), force)
+            fs_target = fs_target.with_suffix("")
             fs_name = fs_target.name
-        elif fs_name not in (None, "pixel") and Path(fs_name).is_absolute():
+            fs_record = first_stage_record(fs_target)
+        elif fs_record and first_stage_record(fs_name) != fs_record:
+            warnings.warn(
+                f"the first stage {fs_name} was replaced while this LDM trained; the manifest records the weights it "
+                "was trained on, so load_ldm will refuse the new ones until the original first stage is restored")
+        if fs_name not in (None, "pixel") and Path(fs_name).is_absolute():
             try:  # a path next to the export travels with it
-                fs_name = str(Path(fs_name).relative_to(target.parent.resolve()))
+                fs_name = str(Path(fs_name).relative_to(export_base.parent.resolve()))
             except ValueError:
                 pass
         cs = model.cond_stage
         manifest = dict(
-            kind="ldm", first_stage=fs_name,
+            kind="ldm", first_stage=fs_name, **fs_record,
             unet_config={k: (list(v) if isinstance(v, tuple) else v)
                          for k, v in asdict(model.unet.to_config()).items()},
             ldm=dict(conditioning_key=model.conditioning_key, cond_key=model.cond_key,
@@ -722,7 +806,7 @@ def train_ldm(recipe: LDMRecipe, first_stage=None, out_dir: str | None = None, c
             final_train_logs={k: round(v, 5) for k, v in history[-1].items()} if history else {},
             date=datetime.date.today().isoformat(),
         )
-        result["weights"] = str(save_pretrained(ldm_export_module(model), target, manifest))
+        result["weights"] = str(_save_export(ldm_export_module(model), export_base, manifest, force))
     return result
 
 

@@ -90,29 +90,47 @@ stage is frozen), ``training_step``, ``ema_module`` and ``on_train_start`` (the 
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldm_lite.autoencoder.model import check_image_size
+from ldm_lite.autoencoder.model import check_image_channels, check_image_size
 from ldm_lite.conditioning.condition import (
     as_condition,
     batch_size_of,
+    check_class_labels,
     expand_batch,
     raw_batch,
     to_device,
     where_dropped,
 )
 from ldm_lite.data.spatial import keep_mask_from
-from ldm_lite.diffusion.samplers import Sampler, make_sampler
+from ldm_lite.diffusion.samplers import SAMPLERS, Sampler, check_eta, check_finite, check_guidance_scale, make_sampler
 from ldm_lite.diffusion.schedule import PARAMETERIZATIONS, NoiseSchedule, diffusion_loss
 from ldm_lite.unet.model import UNetModel
 
 __all__ = ["CONDITIONING_KEYS", "LatentDiffusion", "default_schedule"]
 
 CONDITIONING_KEYS = (None, "crossattn", "concat", "hybrid", "adm")
+
+
+def check_scale_factor(value, where: str = "") -> float:
+    """``scale_factor`` must be a finite number > 0 (latents are multiplied by it, decoding divides by it: 0
+    gives inf, NaN gives NaN images). Returns it as a float; ``where`` says where the value came from."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"scale_factor{where} must be a finite number > 0, got {value!r}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError(
+            f"scale_factor{where} must be a finite number > 0, got {v}; use 1.0 for pixel space or an unscaled "
+            "autoencoder, 0.18215 for Stable Diffusion's KL-f8, or scale_by_std=True to estimate 1 / std of the "
+            "latents (a checkpoint with this value is corrupt: re-export it)"
+        )
+    return v
 
 
 def default_schedule() -> NoiseSchedule:
@@ -266,6 +284,8 @@ class LatentDiffusion(nn.Module):
         return next(self.unet.parameters()).device
 
     def _validate(self, scale_factor: float) -> None:
+        check_scale_factor(scale_factor)
+        self.register_load_state_dict_post_hook(LatentDiffusion._check_loaded_scale)
         key, unet = self.conditioning_key, self.unet
         zc = self.latent_channels
         u_in, u_out = getattr(unet, "in_channels", None), getattr(unet, "out_channels", None)
@@ -346,6 +366,11 @@ class LatentDiffusion(nn.Module):
         if self.t_buckets < 0:
             raise ValueError(f"t_buckets must be >= 0, got {self.t_buckets}")
 
+    @staticmethod
+    def _check_loaded_scale(module: "LatentDiffusion", incompatible_keys) -> None:
+        """After ``load_state_dict``: a checkpoint's ``scale_factor`` must be finite and > 0."""
+        check_scale_factor(module.scale_factor, " (loaded from the checkpoint)")
+
     # ------------------------------------------------------------------ Sec. 3.1: the first stage and the scale factor
     @torch.no_grad()
     def estimate_scale_factor(self, images: torch.Tensor) -> float:
@@ -368,14 +393,15 @@ class LatentDiffusion(nn.Module):
         VQ: the pre-quantisation latent. Pixel space: ``x`` itself (times ``scale_factor``, i.e. 1).
         Runs without gradients (the first stage is frozen).
         """
-        if not torch.is_tensor(x) or x.ndim != 4:
-            raise ValueError(f"expected images of shape (B, C, H, W), got {getattr(x, 'shape', type(x).__name__)}")
         if self.first_stage is None:
+            check_image_channels(x, self.latent_channels, "this pixel-space model")
             return x * self.scale_factor.to(x.dtype)
         cfg = getattr(self.first_stage, "config", None)
         c_in = getattr(cfg, "in_channels", None)
-        if c_in is not None and x.shape[1] != c_in:
-            raise ValueError(f"the autoencoder takes {c_in}-channel images, got {tuple(x.shape)}")
+        if c_in is not None:
+            check_image_channels(x, c_in, "the autoencoder")  # before the size: (B, H, W, C) is named here
+        elif not torch.is_tensor(x) or x.ndim != 4:
+            raise ValueError(f"expected images of shape (B, C, H, W), got {getattr(x, 'shape', type(x).__name__)}")
         check_image_size(*x.shape[-2:], self.f, what="the autoencoder's downsampling factor")
         with torch.no_grad():
             if hasattr(self.first_stage, "encode_pre_quant"):  # VQ: the continuous latent, quantised in decode
@@ -441,6 +467,8 @@ class LatentDiffusion(nn.Module):
             y = torch.tensor([y])  # one class label
         elif isinstance(y, (list, tuple)) and y and all(isinstance(v, int) and not isinstance(v, bool) for v in y):
             y = torch.tensor(list(y))  # a batch of class labels
+        if self.conditioning_key == "adm" and self.cond_stage is None:  # raw labels go straight to the UNet
+            y = self._check_labels(y)
         y = to_device(y, self.device)
         encode = getattr(self.cond_stage, "encode_fields", None)  # image fields the cond stage wants as latents
         if encode and isinstance(y, dict):
@@ -455,6 +483,12 @@ class LatentDiffusion(nn.Module):
             return self.cond_stage(y)
         with torch.no_grad():
             return self.cond_stage(y)
+
+    def _check_labels(self, y: Any, what: str = "class labels") -> torch.Tensor:
+        """Labels for an ``"adm"`` UNet: integers in ``0..num_classes - 1`` (checked once, where they enter)."""
+        null = self.unconditional_value
+        null = null if isinstance(null, int) and not isinstance(null, bool) else None
+        return check_class_labels(y, int(self.unet.num_classes), null_class=null, what=what)
 
     def get_unconditional_conditioning(self, batch_size: int, like: Any = None,
                                        latent_size: int | tuple[int, int] | None = None) -> dict | None:
@@ -750,16 +784,39 @@ class LatentDiffusion(nn.Module):
         ``decode_tile``: decode the latents in overlapping tiles of this side (large canvases, chapter 07).
 
         ``return_latents=True`` returns ``(images, latents)``.
+
+        Checked once, before sampling: ``sampler`` a known name or a :class:`Sampler`; ``guidance_scale`` finite
+        and ``>= 0`` (1 = no guidance, 0 = the unconditional model, ``0 < s < 1`` interpolates towards it, ``> 1``
+        is the usual guidance -- Ho & Salimans' ``out_u + s (out_c - out_u)``), and ``!= 1`` only for a conditional
+        model with a null condition; ``eta`` finite in [0, 1]; ``scale_factor`` finite and > 0; ``x_T`` finite;
+        class labels of an ``"adm"`` model in range. If the decoded images contain NaN / inf, a
+        ``FloatingPointError`` is raised instead of returning them.
         """
+        # ---- arguments, checked once here (nothing is checked inside the sampling loop)
+        if not isinstance(sampler, (str, Sampler)):
+            raise TypeError(f"sampler must be a name, one of {', '.join(SAMPLERS)}, or a Sampler instance, got "
+                            f"{sampler!r}; pass e.g. sampler='ddim'")
+        if isinstance(sampler, str) and sampler.lower() not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
+        guidance_scale = check_guidance_scale(guidance_scale)
+        eta = check_eta(eta)
+        check_scale_factor(self.scale_factor, " of this model")
+        if x_T is not None:
+            check_finite("x_T (the starting noise)", x_T,
+                         "Pass finite noise, e.g. torch.randn(shape, generator=g), or omit x_T to draw it from generator.")
         if cond is not None and c is not None:
             raise ValueError("give the raw condition (cond=...) or the learned one (c=...), not both")
-        if c is None and cond is not None:
-            c = self.get_learned_conditioning(cond)
-        if c is not None and self.conditioning_key is None:
+        if (cond is not None or c is not None) and self.conditioning_key is None:
             raise ValueError("this model is unconditional (conditioning_key=None); sample without cond / c")
         if guidance_scale != 1.0 and self.conditioning_key is None:
-            raise ValueError(f"guidance_scale={guidance_scale} needs a conditional model; this one is unconditional "
-                             "(conditioning_key=None): sample with guidance_scale=1")
+            raise ValueError(f"guidance_scale={guidance_scale:g} needs a conditional model; this one is unconditional "
+                             "(conditioning_key=None), so guidance would do nothing: sample with guidance_scale=1")
+        if c is None and cond is not None:
+            c = self.get_learned_conditioning(cond)
+        elif c is not None and self.conditioning_key == "adm":
+            parts = as_condition(c, "adm")
+            if parts.get("y") is not None:
+                self._check_labels(parts["y"], what="class labels y of c")
         # ---- batch size and latent shape
         if shape is not None:
             shape = tuple(int(s) for s in shape)
@@ -824,10 +881,28 @@ class LatentDiffusion(nn.Module):
                 x0=x0, generator=generator, callback=callback, progress=progress, device=self.device,
                 jump_length=jump_length, jump_n_sample=jump_n_sample,
             )
-            images = self.decode_first_stage(z, tile=decode_tile).clamp(-1.0, 1.0)
+            images = self.decode_first_stage(z, tile=decode_tile)
         finally:
             self.train(was_training)
+        self._check_finite_sample(z, images, guidance_scale)
+        images = images.clamp(-1.0, 1.0)
         return (images, z) if return_latents else images
+
+    @staticmethod
+    def _check_finite_sample(z: torch.Tensor, images: torch.Tensor, guidance_scale: float) -> None:
+        """Never hand out an image made of NaN / inf (it would be written as a black PNG)."""
+        if bool(torch.isfinite(images).all()):
+            return
+        n_bad_z = int((~torch.isfinite(z)).sum())
+        n_bad = int((~torch.isfinite(images)).sum())
+        where = (f"{n_bad_z} of {z.numel()} latent values" if n_bad_z else
+                 f"{n_bad} of {images.numel()} decoded pixel values (the latents were finite)")
+        cause = ("a corrupt or diverged checkpoint: check torch.isfinite on the UNet's and the autoencoder's "
+                 "parameters (and scale_factor)")
+        if guidance_scale != 1:
+            cause += (f", or guidance_scale={guidance_scale:g} too large for this model (retry with guidance_scale=1 "
+                      "to tell them apart)")
+        raise FloatingPointError(f"sampling produced NaN / inf: {where}; no image is returned. Likely cause: {cause}")
 
     def extra_repr(self) -> str:
         return (f"conditioning_key={self.conditioning_key!r}, parameterization={self.parameterization!r}, "

@@ -4,6 +4,13 @@ A manifest records what a later chapter (and a sceptical reader) needs to trust 
 model config, the data, the exact command that trained it, the steps, the wall time and held-out
 metrics. Weights are stored in float16 to keep each file small (<= 10 MB); they are loaded back as
 float32. Loading never unpickles code (safetensors only).
+
+Safety rails: an export never replaces an existing checkpoint unless asked to (``force=True``, the CLI's
+``--force``); a manifest records the sha256 of its weights, and an LDM's manifest the f, latent channels and
+sha256 of its first stage, so :func:`load_ldm` refuses a first stage that was replaced after the LDM was
+trained (which would decode its latents at the wrong size or colours). Every load error names the file and
+what to do; a training run folder or a bare weights file passed where an export is expected says how to
+export it.
 """
 
 from __future__ import annotations
@@ -20,19 +27,176 @@ from ldm_lite.io import atomic_write
 PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "data" / "pretrained"
 
 
-def save_pretrained(model: torch.nn.Module, path: str | os.PathLike, manifest: dict, dtype=torch.float16) -> Path:
-    """Write ``<path>.safetensors`` (weights cast to ``dtype``) and ``<path>.json`` (the manifest), atomically."""
+class ExistingExportError(FileExistsError):
+    """An export would replace an existing checkpoint (pass ``force=True`` / ``--force`` to allow it)."""
+
+
+class CorruptCheckpointError(ValueError):
+    """A manifest or weights file cannot be read, is truncated, or fails its recorded sha256; ``path`` names it."""
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None):
+        super().__init__(message)
+        self.path = None if path is None else str(path)
+
+
+class FirstStageMismatchError(ValueError):
+    """An LDM's first stage is not the autoencoder it was trained with (other f, channels or weights)."""
+
+
+def export_target(export: str | os.PathLike) -> Path:
+    """Where an ``export=`` goes, as a base path without suffix: a bare name is a file in ``data/pretrained/``,
+    anything with a folder (or a ``.safetensors`` / ``.json`` suffix) is a path."""
+    s = str(export)
+    target = Path(s) if ("/" in s or os.sep in s or s.endswith((".safetensors", ".json"))) else PRETRAINED_DIR / s
+    return target.with_suffix("") if target.suffix in (".safetensors", ".json") else target
+
+
+def _restore_hint(base: Path) -> str:
+    """How to get a good copy of a checkpoint back."""
+    if base.parent.resolve() == PRETRAINED_DIR:
+        return (f"it is shipped with the course: restore it with `git checkout -- data/pretrained/{base.name}.json "
+                f"data/pretrained/{base.name}.safetensors` (or download the repository again)")
+    return "export it again (its manifest's \"command\" records how it was trained)"
+
+
+def _dependents(base: Path) -> list[str]:
+    """Exported LDMs next to ``base`` whose manifest names it as their first stage."""
+    out = []
+    for m in sorted(base.parent.glob("*.json")) if base.parent.is_dir() else ():
+        try:
+            man = json.loads(m.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(man, dict) and man.get("kind") == "ldm" and man.get("first_stage") in (base.name, str(base)):
+            out.append(m.stem)
+    return out
+
+
+def check_export_target(export: str | os.PathLike, force: bool = False, what: str = "export (--export)",
+                        note: str = "nothing was trained") -> Path:
+    """Refuse (``ExistingExportError``) an ``export`` whose ``.json`` or ``.safetensors`` exists unless ``force``,
+    and prove its folder writable -- both *before* training, so no work is lost. Returns the base path."""
+    from ldm_lite.io import check_writable_dir, shown_path
+
+    base = export_target(export)
+    existing = [p for p in (base.with_suffix(".json"), base.with_suffix(".safetensors")) if p.exists()]
+    if existing:
+        users = _dependents(base)
+        used = (f" ({', '.join(users)} use{'s' if len(users) == 1 else ''} it as first stage and would no longer "
+                "load)") if users else ""
+        if not force:
+            raise ExistingExportError(
+                f"{shown_path(existing[0])} exists{used}; choose another {what} name or pass force=True to "
+                f"replace it{f' ({note})' if note else ''}"
+            )
+        if users:
+            import warnings
+
+            warnings.warn(f"replacing {shown_path(existing[0])} (force=True){used}", stacklevel=2)
+    check_writable_dir(base.parent, f"folder of the export {base.name}", note=note)
+    return base
+
+
+def save_pretrained(model: torch.nn.Module, path: str | os.PathLike, manifest: dict, dtype=torch.float16,
+                    force: bool = False) -> Path:
+    """Write ``<path>.safetensors`` (weights cast to ``dtype``) and ``<path>.json`` (the manifest), atomically.
+
+    An existing checkpoint at ``path`` is replaced only with ``force=True``. Weights that are NaN or inf
+    (or overflow ``dtype``) are refused. The manifest records the weights' sha256 (checked on loading).
+    """
+    from ldm_lite.io import sha256_file, shown_path
+
     path = Path(path)
     base = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
+    check_export_target(base, force=force, note="")
     tensors = {k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).contiguous().cpu()
                for k, v in model.state_dict().items()}
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(
+            f"refusing to export {shown_path(base)}: weights {bad[:5]} are NaN or inf in {dtype} (a diverged run, or "
+            f"values beyond {dtype}'s range); export an earlier checkpoint of the run, or pass dtype=torch.float32"
+        )
     weights = base.with_suffix(".safetensors")
     atomic_write(weights, lambda tmp: save_file(tensors, tmp))
     manifest = dict(manifest, weights=weights.name, dtype=str(dtype).replace("torch.", ""),
                     size_mb=round(weights.stat().st_size / 2**20, 2),
-                    parameters=sum(v.numel() for v in tensors.values() if v.is_floating_point()))
+                    parameters=sum(v.numel() for v in tensors.values() if v.is_floating_point()),
+                    weights_sha256=sha256_file(weights))
     atomic_write(base.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2) + "\n"))
     return weights
+
+
+def _not_an_export(p: Path) -> str | None:
+    """Why ``p`` (which has no manifest) is not an exported checkpoint, and how to make one; None if unknown."""
+    from ldm_lite.io import shown_path
+
+    run = None
+    if p.is_dir() and ((p / "latest.json").is_file() or (p / "checkpoints").is_dir()):
+        run = p
+    elif p.is_dir() and (p / "trainer.json").is_file():  # run/checkpoints/step_X
+        run = p.parent.parent
+    elif p.is_file() and (p.parent / "trainer.json").is_file():  # run/checkpoints/step_X/model.safetensors
+        run = p.parent.parent.parent
+    elif p.is_file() and p.name == "latest.json":
+        run = p.parent
+    if run is not None:
+        return f"{shown_path(p)} is a training run folder (checkpoints of ldm_lite.train.Trainer), not an export. " \
+               + _export_run_hint(run)
+    if p.is_file() and p.suffix == ".safetensors":
+        return (f"{shown_path(p)} is a bare weights file without its manifest {shown_path(p.with_suffix('.json'))} "
+                "(the config needed to rebuild the model). Load it into a model you build with "
+                "ldm_lite.train.Trainer.load_weights(path, model), or export that model with "
+                "ldm_lite.pretrained.save_pretrained(model, name, manifest)")
+    if p.is_file() and p.suffix in (".ckpt", ".pt", ".pth", ".bin"):
+        return (f"{shown_path(p)} is a PyTorch checkpoint, not an ldm-lite export; a CompVis / Stable Diffusion "
+                "first stage loads with ldm_lite.autoencoder.convert.load_compvis_first_stage(path, config)")
+    return None
+
+
+def _export_run_hint(run: Path) -> str:
+    """How to export the run in ``run``: its own command with ``--resume --export NAME`` (nothing more is trained
+    when ``--steps`` equals the steps done), or the Python equivalent."""
+    import shlex
+
+    from ldm_lite.io import shown_path
+
+    state, step = {}, None
+    try:
+        from ldm_lite.train import _resolve_checkpoint
+
+        folder = _resolve_checkpoint(run)
+        state = json.loads((folder / "trainer.json").read_text())
+        step = state.get("step")
+    except Exception:  # a broken run folder: give the generic advice
+        pass
+    kind = {"LatentDiffusion": "train-ldm", "AutoencoderModule": "train-ae"}.get(state.get("module"))
+    cmd = state.get("command") or ""
+    if kind and cmd.startswith(f"ldm-lite {kind}"):
+        args, out, skip = shlex.split(cmd)[2:], [], False
+        for i, a in enumerate(args):
+            if skip:
+                skip = False
+                continue
+            if a in ("--resume", "--force"):
+                continue
+            if a in ("--export", "--out", "--steps"):
+                skip = True
+                continue
+            if a.startswith(("--export=", "--out=", "--steps=")):
+                continue
+            out.append(a)
+        steps = f" --steps {step}" if step is not None else ""
+        line = " ".join(["ldm-lite", kind] + [shlex.quote(a) for a in out]) + \
+            f" --out {shlex.quote(str(run))}{steps} --resume --export NAME"
+        return (f"Export it with the run's own command: `{line}` (trains nothing more; NAME is the new "
+                "checkpoint's name)")
+    if kind:
+        return (f"Export it by re-running its command with the same flags plus `--out {shown_path(run)} --resume "
+                f"--export NAME{f' --steps {step}' if step else ''}` (`ldm-lite {kind} ...`): with --steps equal to "
+                "the steps done it trains nothing more")
+    return ("Load its weights with ldm_lite.train.Trainer.load_weights(run_folder, model) into the model you built, "
+            "then export that model with ldm_lite.pretrained.save_pretrained(model, name, manifest)")
 
 
 def resolve(name_or_path: str | os.PathLike) -> Path:
@@ -44,6 +208,9 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
     shipped = PRETRAINED_DIR / base.name
     if shipped.with_suffix(".json").exists():
         return shipped
+    why = _not_an_export(p)
+    if why is not None:
+        raise FileNotFoundError(f"no exported checkpoint at {str(name_or_path)!r}: {why}")
     available = ", ".join(sorted(x.stem for x in PRETRAINED_DIR.glob("*.json"))) or "none"
     raise FileNotFoundError(
         f"no checkpoint {str(name_or_path)!r} (looked for {base}.json and {shipped}.json); "
@@ -51,32 +218,148 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
     )
 
 
+def _read_manifest(path: Path) -> dict:
+    from ldm_lite.io import shown_path
+
+    base = path.with_suffix("")
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise CorruptCheckpointError(f"{shown_path(path)} is corrupt or truncated (not valid JSON: {err}); "
+                                     f"{_restore_hint(base)}", path) from err
+    except OSError as err:
+        raise CorruptCheckpointError(f"cannot read {shown_path(path)} ({err.strerror or err}); "
+                                     f"{_restore_hint(base)}", path) from err
+    if not isinstance(manifest, dict):
+        raise CorruptCheckpointError(f"{shown_path(path)} is not a checkpoint manifest (a JSON object was expected, "
+                                     f"found {type(manifest).__name__}); {_restore_hint(base)}", path)
+    return manifest
+
+
 def load_manifest(name_or_path) -> dict:
     """The JSON manifest of a checkpoint."""
-    return json.loads(resolve(name_or_path).with_suffix(".json").read_text())
+    return _read_manifest(resolve(name_or_path).with_suffix(".json"))
 
 
 def load_state_dict(name_or_path, dtype=torch.float32) -> dict:
-    """The weights of a checkpoint as a state dict (floating tensors cast to ``dtype``)."""
-    sd = load_file(str(resolve(name_or_path).with_suffix(".safetensors")))
+    """The weights of a checkpoint as a state dict (floating tensors cast to ``dtype``), checked against the
+    sha256 its manifest records (manifests written before that record are not checked)."""
+    from ldm_lite.io import sha256_file, shown_path
+
+    base = resolve(name_or_path)
+    manifest = _read_manifest(base.with_suffix(".json"))
+    weights = base.parent / manifest.get("weights", base.name + ".safetensors")
+    want = manifest.get("weights_sha256")
+    if want is not None and weights.is_file():
+        got = sha256_file(weights)
+        if got != want:
+            raise CorruptCheckpointError(
+                f"{shown_path(weights)} does not match the sha256 in {shown_path(base.with_suffix('.json'))} "
+                f"(recorded {want[:16]}..., file {got[:16]}...): it is corrupt or was replaced without its manifest; "
+                f"{_restore_hint(base)}", weights)
+    try:
+        sd = load_file(str(weights))
+    except FileNotFoundError:
+        raise CorruptCheckpointError(f"{shown_path(weights)} is missing (its manifest "
+                                     f"{shown_path(base.with_suffix('.json'))} exists); {_restore_hint(base)}",
+                                     weights) from None
+    except Exception as err:  # SafetensorError: truncated file, corrupt header
+        raise CorruptCheckpointError(f"{shown_path(weights)} is corrupt or truncated and cannot be read ({err}); "
+                                     f"{_restore_hint(base)}", weights) from err
     return {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
 
 
 def list_pretrained() -> list[dict]:
     """Manifests of all checkpoints shipped in ``data/pretrained/``."""
-    return [json.loads(p.read_text()) | {"name": p.stem} for p in sorted(PRETRAINED_DIR.glob("*.json"))]
+    return [_read_manifest(p) | {"name": p.stem} for p in sorted(PRETRAINED_DIR.glob("*.json"))]
 
 
 def load_autoencoder(name_or_path, device="cpu"):
     """Rebuild an AutoencoderKL / VQModel from its manifest's config and load its weights (eval mode)."""
     from ldm_lite.autoencoder.model import AutoencoderConfig, build_autoencoder
 
-    manifest = load_manifest(name_or_path)
+    from ldm_lite.io import shown_path
+
+    base = resolve(name_or_path)
+    manifest = load_manifest(base)
     if manifest.get("kind") != "autoencoder":
         raise ValueError(f"{name_or_path!r} is a {manifest.get('kind')!r} checkpoint, not an autoencoder")
-    model = build_autoencoder(AutoencoderConfig(**manifest["config"]))
-    model.load_state_dict(load_state_dict(name_or_path))
+    try:
+        model = build_autoencoder(AutoencoderConfig(**manifest["config"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise CorruptCheckpointError(f"{shown_path(base.with_suffix('.json'))} has no valid autoencoder \"config\" "
+                                     f"({type(err).__name__}: {err}); {_restore_hint(base)}",
+                                     base.with_suffix(".json")) from err
+    try:
+        model.load_state_dict(load_state_dict(base))
+    except RuntimeError as err:  # missing / unexpected keys, shape mismatch
+        raise CorruptCheckpointError(
+            f"the weights of {shown_path(base.with_suffix('.safetensors'))} do not fit the config in its manifest "
+            f"(f={manifest['config'].get('f')}, ch={manifest['config'].get('ch')}): one of the two files was replaced "
+            f"without the other ({str(err).splitlines()[0]}); {_restore_hint(base)}", base) from err
     return model.to(device).eval()
+
+
+def first_stage_record(first_stage) -> dict:
+    """What an LDM manifest records about its first stage, checked by :func:`load_ldm`: the downsampling factor,
+    the latent channels and (for an exported first stage: a name or path) the sha256 of its weights file."""
+    from ldm_lite.io import sha256_file
+
+    if isinstance(first_stage, torch.nn.Module):
+        return dict(first_stage_f=int(first_stage.config.f), first_stage_channels=int(first_stage.embed_dim))
+    base = resolve(first_stage)
+    config = load_manifest(base)["config"]
+    return dict(first_stage_f=int(config["f"]),
+                first_stage_channels=int(config.get("embed_dim") or config["z_channels"]),
+                first_stage_sha256=sha256_file(base.with_suffix(".safetensors")))
+
+
+def _expected_first_stage(manifest: dict) -> dict:
+    """f and latent channels an LDM manifest expects of its first stage: recorded at export, else implied by
+    its ``ldm`` section (``image_size / latent_size``, ``latent_channels``) and the UNet's ``out_channels``."""
+    ldm = manifest.get("ldm") or {}
+    f = manifest.get("first_stage_f")
+    if f is None and ldm.get("image_size") and ldm.get("latent_size"):
+        f = int(ldm["image_size"]) // int(ldm["latent_size"][0])
+    channels = manifest.get("first_stage_channels")
+    if channels is None:
+        channels = ldm.get("latent_channels") or (manifest.get("unet_config") or {}).get("out_channels")
+    return dict(f=f, channels=channels, sha256=manifest.get("first_stage_sha256"))
+
+
+def check_first_stage(manifest: dict, name: str, first_stage, fs_base: Path | None = None) -> None:
+    """Refuse (``FirstStageMismatchError``) a first stage whose f, latent channels or -- loaded from ``fs_base`` --
+    weights differ from what the LDM ``name`` was trained with."""
+    from ldm_lite.io import sha256_file, shown_path
+
+    want = _expected_first_stage(manifest)
+    cfg = getattr(first_stage, "config", None)
+    have_f = getattr(cfg, "f", None)
+    have_c = getattr(first_stage, "embed_dim", None)
+    diffs = []
+    if want["f"] is not None and have_f is not None and int(have_f) != int(want["f"]):
+        diffs.append(f"downsampling factor f={have_f} instead of f={want['f']} (its images would come out "
+                     f"{int(have_f) / int(want['f']):g} x the trained size)")
+    if want["channels"] is not None and have_c is not None and int(have_c) != int(want["channels"]):
+        diffs.append(f"{have_c} latent channels instead of {want['channels']}")
+    if fs_base is not None and want["sha256"] is not None:
+        got = sha256_file(fs_base.with_suffix(".safetensors"))
+        if got != want["sha256"]:
+            diffs.append(f"other weights (sha256 {got[:16]}..., the LDM was trained on {want['sha256'][:16]}...)")
+    if not diffs:
+        return
+    fs = manifest.get("first_stage")
+    if fs_base is None:
+        raise FirstStageMismatchError(
+            f"the LDM {name!r} was trained on the first stage {fs!r}, but the first_stage passed in has "
+            + "; ".join(diffs) + f"; pass the autoencoder it was trained with (or first_stage=None to load {fs!r})"
+        )
+    raise FirstStageMismatchError(
+        f"the LDM {name!r} was trained on the first stage {fs!r}, but {shown_path(fs_base.with_suffix('.json'))} now "
+        "has " + "; ".join(diffs) + ". It was replaced after the LDM was exported. Restore the original first stage "
+        f"({_restore_hint(fs_base)}), or train and export a new LDM on the new first stage "
+        f"(ldm-lite train-ldm --first-stage {fs} ... --export NEW_NAME)"
+    )
 
 
 def load_ldm(name_or_path, device="cpu", first_stage=None, cond_stage=None):
@@ -103,6 +386,9 @@ def load_ldm(name_or_path, device="cpu", first_stage=None, cond_stage=None):
         except FileNotFoundError:
             fs_base = resolve(base.parent / fs)  # exported next to the LDM
         first_stage = load_autoencoder(fs_base)
+        check_first_stage(manifest, base.name, first_stage, fs_base)
+    elif first_stage is not None and manifest.get("first_stage") != "pixel":
+        check_first_stage(manifest, base.name, first_stage)  # f and channels (a module has no file to hash)
     elif first_stage is None and manifest.get("first_stage") is None:
         raise ValueError(f"{name_or_path!r} was trained on an in-memory first stage that was not exported; "
                          "pass first_stage=<the autoencoder>")

@@ -63,18 +63,29 @@ Written every ``ckpt_every`` steps, at the end of ``fit`` and on ``KeyboardInter
           ema.safetensors            EMA of the ema_module()'s trainable parameters (if ema_decay)
           optim.pt                   optimiser + GradScaler states (torch.save; read weights_only=True)
           rng.json                   python / numpy / torch CPU / CUDA generator states, one per rank
-          trainer.json               step, config, world size, optimiser names, history tail
+          trainer.json               step, config, world size, optimiser names and hyper-parameters,
+                                     dataset length, the caller's recipe and command, history tail,
+                                     and the sha256 of every other file in the folder
 
 Writes are atomic: a checkpoint is written into a temporary folder which is then renamed to
 ``step_XXXXXXXX``, and ``latest.json`` is replaced (write temp + ``os.replace``) only after that. A
-crash while writing leaves the previous checkpoint and pointer untouched. The last ``keep_last``
-checkpoints are kept. Nothing is ever unpickled when loading: tensors come from safetensors and
-``torch.load(weights_only=True)``, the rest from JSON.
+crash while writing (even ``kill -9``) leaves the previous checkpoint and pointer untouched. The last
+``keep_last`` checkpoints are kept. Weights containing NaN or inf are never saved (the run stops with
+:class:`NonFiniteLossError`). Nothing is ever unpickled when loading: tensors come from safetensors and
+``torch.load(weights_only=True)``, the rest from JSON. Every file is checked against its recorded
+sha256 and every load error names the file and the previous checkpoint to use instead
+(:class:`CheckpointError`); a checkpoint with NaN / inf weights is refused.
 
 Resuming (``fit(resume=True)``, or a path) restores weights, EMA, optimisers, scaler, random
 generators, step and history, so on the CPU a resumed run is bit-identical to an uninterrupted one.
-Callbacks run with the generators forked (their random draws, e.g. sampling preview images, do not
-change training).
+It first compares the saved run with the present one: a changed learning rate (or other optimiser
+hyper-parameter), batch size, seed, ``drop_last`` or dataset length, or ``max_steps`` below the steps
+already done, raises :class:`ResumeMismatchError` naming each field with its old and new value (the
+optimiser state would silently overwrite a new learning rate, and the data order would change);
+``fit(resume=..., allow_changes=True)`` continues with the new values knowingly. Harmless or
+deliberate changes -- a longer ``max_steps``, the learning-rate schedule, EMA, clipping, precision,
+fields of the caller's recipe -- are reported in one warning. Callbacks run with the generators
+forked (their random draws, e.g. sampling preview images, do not change training).
 
 Interrupts and failures
 -----------------------
@@ -130,13 +141,15 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
-from ldm_lite.io import atomic_write
+from ldm_lite.io import atomic_write, check_writable_dir, sha256_file, shown_path
 from ldm_lite.progress import progress as tqdm
 
 __all__ = [
     "TrainConfig",
     "Trainer",
     "NonFiniteLossError",
+    "CheckpointError",
+    "ResumeMismatchError",
     "is_main_process",
     "rank",
     "world_size",
@@ -217,7 +230,7 @@ class TrainConfig:
 
 
 class NonFiniteLossError(FloatingPointError):
-    """A loss (or gradient norm) became NaN or infinite; training stopped without saving."""
+    """A loss, gradient norm or weight became NaN or infinite; training stopped without saving."""
 
     def __init__(self, message: str, step: int | None = None, optimizer_name: str | None = None,
                  logs: dict | None = None, checkpoint: str | None = None):
@@ -226,6 +239,25 @@ class NonFiniteLossError(FloatingPointError):
         self.optimizer_name = optimizer_name
         self.logs = logs
         self.checkpoint = checkpoint
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file (or ``latest.json``) is missing, unreadable, corrupt or truncated, fails the sha256
+    recorded when it was saved, or holds NaN / inf weights. ``path`` names the file; the message says
+    which earlier checkpoint to use instead."""
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None):
+        super().__init__(message)
+        self.path = None if path is None else str(path)
+
+
+class ResumeMismatchError(ValueError):
+    """``fit(resume=...)`` with settings that cannot continue the saved run as it was (see the module
+    docstring). ``changes``: ``(field, saved value, present value)`` for each difference."""
+
+    def __init__(self, message: str, changes: list[tuple[str, object, object]]):
+        super().__init__(message)
+        self.changes = changes
 
 
 # --------------------------------------------------------------------------------------------------
@@ -466,6 +498,104 @@ def _ckpt_name(step: int) -> str:
     return f"step_{step:08d}"
 
 
+def _step_of(folder: Path) -> int | None:
+    try:
+        return int(folder.name[len("step_"):]) if folder.name.startswith("step_") else None
+    except ValueError:
+        return None
+
+
+def _complete_checkpoints(ckdir: Path, below: int | None = None) -> list[tuple[int, Path]]:
+    """``(step, folder)`` of the complete checkpoints in ``ckdir`` (before step ``below``), oldest first."""
+    found = []
+    for d in ckdir.glob("step_*") if ckdir.is_dir() else ():
+        s = _step_of(d)
+        if s is not None and (below is None or s < below) and (d / "trainer.json").is_file() \
+                and (d / "model.safetensors").is_file():
+            found.append((s, d))
+    return sorted(found)
+
+
+def _fallback_hint(ckdir: Path, below: int | None = None) -> str:
+    """What to do when a checkpoint cannot be used: the newest complete one before it, or a fresh run."""
+    earlier = _complete_checkpoints(ckdir, below)
+    if earlier:
+        s, d = earlier[-1]
+        which = "the newest complete checkpoint" if below is None else "the previous checkpoint"
+        return (f"resume from {which}, step {s}: pass --resume {shown_path(d)} "
+                f"(in Python fit(resume={str(d)!r}))")
+    return (f"no earlier complete checkpoint is left in {shown_path(ckdir)}; start again in a new --out folder "
+            "(or delete this run folder)")
+
+
+def _read_json(path: Path, hint: str):
+    """``json.load`` whose errors name the file and say what to do (``hint``)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"{shown_path(path)} is missing; {hint}", path) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{shown_path(path)} is corrupt or truncated (not valid JSON: {err}); {hint}",
+                              path) from err
+    except OSError as err:
+        raise CheckpointError(f"cannot read {shown_path(path)} ({err.strerror or err}); {hint}", path) from err
+
+
+def _load_safetensors(path: Path, hint: str) -> dict[str, torch.Tensor]:
+    """``safetensors.torch.load_file`` whose errors (missing, truncated, corrupt header) name the file."""
+    try:
+        return safetensors.torch.load_file(str(path))
+    except FileNotFoundError:
+        raise CheckpointError(f"{shown_path(path)} is missing; {hint}", path) from None
+    except Exception as err:  # SafetensorError (truncated / corrupt header), OSError
+        raise CheckpointError(f"{shown_path(path)} is corrupt or truncated and cannot be read ({err}); {hint}",
+                              path) from err
+
+
+def _torch_load(path: Path, hint: str):
+    """``torch.load(weights_only=True)`` (never unpickles code) whose errors name the file."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{shown_path(path)} is missing; {hint}", path) from None
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{shown_path(path)} holds pickled objects other than tensors and plain containers, which are never "
+            f"unpickled here (it was not written by this trainer, or was tampered with): {err}; {hint}", path
+        ) from err
+    except Exception as err:  # zipfile / "PytorchStreamReader failed", EOFError: truncated or corrupt
+        raise CheckpointError(f"{shown_path(path)} is corrupt or truncated and cannot be read ({err}); {hint}",
+                              path) from err
+
+
+def _verify_files(folder: Path, state: dict, names: Iterable[str], hint: str) -> None:
+    """Check ``names`` in ``folder`` against the sha256 recorded in its trainer.json (older checkpoints
+    without the record are not checked)."""
+    recorded = state.get("files") or {}
+    for name in names:
+        want = recorded.get(name)
+        if want is None:
+            continue
+        path = folder / name
+        if not path.is_file():
+            raise CheckpointError(f"{shown_path(path)} is missing (trainer.json lists it); {hint}", path)
+        got = sha256_file(path)
+        if got != want:
+            raise CheckpointError(
+                f"{shown_path(path)} does not match the sha256 recorded when it was saved (recorded {want[:16]}..., "
+                f"file {got[:16]}...): it is corrupt or was changed since; {hint}", path
+            )
+
+
+def _nonfinite(tensors: dict) -> list[str]:
+    """Names of the floating tensors holding NaN or inf."""
+    return [k for k, v in tensors.items()
+            if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
 def _resolve_checkpoint(path: str | os.PathLike) -> Path:
     """A checkpoint folder from a checkpoint folder, an ``out_dir`` (via latest.json) or a file in it."""
     p = Path(path)
@@ -475,16 +605,43 @@ def _resolve_checkpoint(path: str | os.PathLike) -> Path:
         return p
     latest = p / "latest.json"
     if latest.is_file():
-        with open(latest) as f:
-            rel = json.load(f)["checkpoint"]
+        hint = _fallback_hint(p / "checkpoints")
+        pointer = _read_json(latest, hint)
+        rel = pointer.get("checkpoint") if isinstance(pointer, dict) else None
+        if not isinstance(rel, str):
+            raise CheckpointError(f"{shown_path(latest)} is corrupt (no \"checkpoint\" entry: {pointer!r}); {hint}",
+                                  latest)
         ckpt = p / rel
         if not (ckpt / "trainer.json").is_file():
-            raise FileNotFoundError(f"{latest} points to {ckpt}, which is not a complete checkpoint folder")
+            raise CheckpointError(f"{shown_path(latest)} points to {shown_path(ckpt)}, which is not a complete "
+                                  f"checkpoint folder; {_fallback_hint(p / 'checkpoints', _step_of(ckpt))}", latest)
         return ckpt
     raise FileNotFoundError(
         f"no checkpoint found in {p.resolve()}: expected a checkpoint folder (with trainer.json and "
         f"model.safetensors) or an out_dir with latest.json"
     )
+
+
+_HPARAMS = ("lr", "betas", "eps", "weight_decay", "momentum", "dampening", "nesterov", "amsgrad", "alpha", "lr_decay")
+
+
+def _optimizer_hparams(optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, list[dict]]:
+    """Per optimiser and parameter group, the hyper-parameters a checkpoint's optimiser state would restore
+    (``lr`` is the base rate before warm-up / schedule). JSON-ready."""
+    def plain(v):
+        v = v.item() if torch.is_tensor(v) else v
+        return list(v) if isinstance(v, tuple) else v
+
+    out = {}
+    for name, opt in optimizers.items():
+        out[name] = [{k: plain(g.get("initial_lr", g["lr"]) if k == "lr" else g[k]) for k in _HPARAMS if k in g}
+                     for g in opt.param_groups]
+    return out
+
+
+def _jsonable(obj):
+    """``obj`` as JSON would give it back (tuples -> lists; anything unusual -> its repr)."""
+    return json.loads(json.dumps(obj, default=repr))
 
 
 def _state_dict_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -536,6 +693,8 @@ class Trainer:
     ``callbacks``: callables ``fn(trainer, logs)`` called on every rank after each completed step
     (after the EMA update and any checkpoint), with the generators forked so their random draws do
     not change training. ``logs`` is that step's history entry (it includes ``"step"``).
+    ``recipe`` (a JSON-able dict, e.g. an experiment recipe's fields) and ``command`` (how the run was
+    started) are stored in every checkpoint's trainer.json; on resume, changed recipe fields are reported.
     """
 
     def __init__(
@@ -545,6 +704,8 @@ class Trainer:
         config: TrainConfig,
         collate_fn: Callable | None = None,
         callbacks: Iterable[Callable[["Trainer", dict], None]] = (),
+        recipe: dict | None = None,
+        command: str | None = None,
     ):
         for method in ("configure_optimizers", "training_step"):
             if not callable(getattr(module, method, None)):
@@ -561,6 +722,8 @@ class Trainer:
         self.dataset = dataset
         self.collate_fn = collate_fn
         self.callbacks = list(callbacks)
+        self.recipe = None if recipe is None else _jsonable(dict(recipe))
+        self.command = command
 
         self.distributed = _init_distributed(config)
         self.rank = rank() if self.distributed else 0
@@ -647,7 +810,7 @@ class Trainer:
         return self.rank == 0
 
     # ---------------------------------------------------------------- public API
-    def fit(self, resume: bool | str | os.PathLike = False) -> list[dict]:
+    def fit(self, resume: bool | str | os.PathLike = False, allow_changes: bool = False) -> list[dict]:
         """Train until ``config.max_steps`` completed steps; return the history (one dict per step).
 
         ``resume=True`` continues from ``config.out_dir``'s latest checkpoint; a path continues from
@@ -658,6 +821,11 @@ class Trainer:
         train mode (``module.train()``) before the first step and after the callbacks of every
         step; a module with frozen parts keeps them in eval mode by overriding ``train()``, as the
         LDM does with its first stage.
+
+        Before resuming, the saved run's settings are compared with the present ones (see the module
+        docstring): changes that break an exact continuation raise :class:`ResumeMismatchError` unless
+        ``allow_changes=True``, which continues with the new learning rate / batch size / data knowingly.
+        Before the first step, ``out_dir`` is created and proven writable.
         """
         cfg = self.config
         if resume:
@@ -672,7 +840,7 @@ class Trainer:
                     )
             else:
                 where = resume
-            self._load_checkpoint(_resolve_checkpoint(where))
+            self._load_checkpoint(_resolve_checkpoint(where), allow_changes=allow_changes)
         elif self.step == 0 and not self._started:
             if cfg.out_dir is not None and (Path(cfg.out_dir) / "latest.json").is_file():
                 raise FileExistsError(
@@ -688,6 +856,8 @@ class Trainer:
         start = self.step
         if start >= cfg.max_steps:
             return self.history
+        if cfg.out_dir is not None and self.is_main:  # found now, not at the first save after hours of training
+            check_writable_dir(cfg.out_dir, "out_dir (where the checkpoints go)")
 
         sampler = _StepBatchSampler(
             len(self.dataset), cfg.batch_size, cfg.seed, start, cfg.max_steps, cfg.drop_last, self.rank, self.world_size
@@ -792,24 +962,32 @@ class Trainer:
         """
         p = Path(path)
         if p.is_file() and p.suffix == ".safetensors":  # one weights file: load just that
-            sd = safetensors.torch.load_file(str(p))
+            hint = "use another checkpoint's file, or train / export it again"
+            if (p.parent / "trainer.json").is_file():  # a file of a checkpoint folder: check its recorded sha256
+                hint = _fallback_hint(p.parent.parent, _step_of(p.parent))
+                _verify_files(p.parent, _read_json(p.parent / "trainer.json", hint), [p.name], hint)
+            sd = _load_safetensors(p, hint)
             target = module.ema_module() if ema and callable(getattr(module, "ema_module", None)) else module
             _load_into(target, sd, strict=strict and not ema, what=str(p))
             return module
         folder = _resolve_checkpoint(p)
-        sd = safetensors.torch.load_file(str(folder / "model.safetensors"))
+        hint = _fallback_hint(folder.parent, _step_of(folder))
+        files = ["model.safetensors"] + (["ema.safetensors"] if ema else [])
+        _verify_files(folder, _read_json(folder / "trainer.json", hint), files, hint)
+        sd = _load_safetensors(folder / "model.safetensors", hint)
         _load_into(module, sd, strict=strict, what=str(folder / "model.safetensors"))
         if ema:
             ema_file = folder / "ema.safetensors"
             if not ema_file.is_file():
                 raise FileNotFoundError(f"{folder} has no ema.safetensors (the run had ema_decay=None)")
             target = module.ema_module() if callable(getattr(module, "ema_module", None)) else module
-            _load_into(target, safetensors.torch.load_file(str(ema_file)), strict=False, what=str(ema_file))
+            _load_into(target, _load_safetensors(ema_file, hint), strict=False, what=str(ema_file))
         return module
 
     @staticmethod
     def latest_checkpoint(out_dir: str | os.PathLike) -> str | None:
-        """The folder of ``out_dir``'s latest checkpoint, or None (``fit(resume=...)`` accepts it)."""
+        """The folder of ``out_dir``'s latest checkpoint, or None (``fit(resume=...)`` accepts it); a corrupt
+        ``latest.json`` raises :class:`CheckpointError` naming the newest complete checkpoint instead."""
         try:
             return str(_resolve_checkpoint(out_dir))
         except FileNotFoundError:
@@ -928,13 +1106,27 @@ class Trainer:
                 f"is not consistent, so nothing was saved. The last checkpoint is {self.last_checkpoint}"
             )
             return
-        path = self._save(self._boundary_rng or _get_rng())
+        try:
+            path = self._save(self._boundary_rng or _get_rng())
+        except NonFiniteLossError as err:
+            warnings.warn(f"interrupted, and nothing was saved: {err}")
+            return
         print(f"Interrupted: saved step {self.step} to {path}; continue with fit(resume=True)", flush=True)
 
     def _save(self, rng_state: dict) -> str | None:
         cfg = self.config
         if cfg.out_dir is None:
             raise ValueError("save_checkpoint needs config.out_dir")
+        bad = _nonfinite(self.module.state_dict()) + [f"EMA {k}" for k in _nonfinite(self.ema_state or {})]
+        if bad:  # every rank holds the same weights, so every rank stops here
+            where = self.last_checkpoint or "none written yet"
+            raise NonFiniteLossError(
+                f"refusing to save a checkpoint at step {self.step}: the weights contain NaN or inf "
+                f"({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}); nothing was written, and the last good "
+                f"checkpoint is {where}. The training diverged: resume from that checkpoint with a lower learning "
+                "rate or grad_clip (fit(resume=..., allow_changes=True)), or start again in a new --out folder.",
+                step=self.step, checkpoint=self.last_checkpoint,
+            )
         rng_js = _rng_to_json(rng_state)
         if self.distributed:
             gathered = [None] * self.world_size
@@ -970,6 +1162,7 @@ class Trainer:
             f.flush()
             os.fsync(f.fileno())
         _write_json(tmp / "rng.json", {"world_size": self.world_size, "ranks": gathered}, indent=None)
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}  # checked when loading
         _write_json(
             tmp / "trainer.json",
             {
@@ -977,11 +1170,16 @@ class Trainer:
                 "step": self.step,
                 "module": type(self.module).__name__,
                 "optimizers": list(self.optimizers),
+                "optimizer_hparams": _optimizer_hparams(self.optimizers),
                 "precision": self.precision,
                 "world_size": self.world_size,
+                "dataset_len": len(self.dataset),
                 "ema": self.ema_state is not None,
                 "torch_version": torch.__version__,
                 "config": dataclasses.asdict(cfg),
+                "recipe": self.recipe,
+                "command": self.command,
+                "files": files,
                 "history": self.history[-HISTORY_TAIL:],
             },
         )
@@ -1010,40 +1208,113 @@ class Trainer:
                 folders.append((step, d))
         folders.sort()
         for _, d in folders[: -self.config.keep_last]:
-            shutil.rmtree(d, ignore_errors=True)
+            trash = ckdir / f".tmp-old-{d.name}-{os.getpid()}"  # renamed first: a crash never leaves half a folder
+            try:
+                os.replace(d, trash)
+            except OSError:
+                trash = d
+            shutil.rmtree(trash, ignore_errors=True)
 
-    def _load_checkpoint(self, folder: Path) -> None:
-        with open(folder / "trainer.json") as f:
-            state = json.load(f)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{folder} is not a {CHECKPOINT_FORMAT} checkpoint (format={state.get('format')!r})")
+    def _resume_changes(self, folder: Path, state: dict, new_hparams: dict) -> tuple[list, list]:
+        """``(refused, reported)``: lists of ``(field, saved, now)`` between the checkpoint and this trainer."""
+        cfg, saved_cfg = self.config, state.get("config", {})
+        refused, reported = [], []
+        for key in ("batch_size", "seed", "drop_last"):  # the data order is a function of these
+            if key in saved_cfg and saved_cfg[key] != getattr(cfg, key):
+                refused.append((key, saved_cfg[key], getattr(cfg, key)))
+        if "dataset_len" in state and state["dataset_len"] != len(self.dataset):
+            refused.append(("dataset length", state["dataset_len"], len(self.dataset)))
+        saved_hp = state.get("optimizer_hparams") or {}
+        for name, groups in new_hparams.items():
+            old_groups = saved_hp.get(name)
+            if old_groups is None:
+                continue
+            if len(old_groups) != len(groups):
+                refused.append((f"parameter groups of optimiser {name!r}", len(old_groups), len(groups)))
+                continue
+            for i, (old, new) in enumerate(zip(old_groups, groups)):
+                for k in sorted(set(old) | set(new)):
+                    if old.get(k) != new.get(k):
+                        where = f"optimiser {name!r}" + (f" group {i}" if len(groups) > 1 else "")
+                        refused.append((f"{k} of {where}", old.get(k), new.get(k)))
+        done = int(state["step"])
+        if cfg.max_steps < done:
+            refused.append(("max_steps", f"{done} steps already done", cfg.max_steps))
+        elif "max_steps" in saved_cfg and saved_cfg["max_steps"] != cfg.max_steps:
+            reported.append(("max_steps", saved_cfg["max_steps"], cfg.max_steps))
+        for key in ("lr_schedule", "lr_min_ratio", "lr_warmup_steps", "grad_clip", "ema_decay", "ema_start",
+                    "ema_warmup"):
+            if key in saved_cfg and saved_cfg[key] != getattr(cfg, key):
+                reported.append((key, saved_cfg[key], getattr(cfg, key)))
+        if state.get("precision", self.precision) != self.precision:
+            reported.append(("precision", state["precision"], self.precision))
+        saved_recipe, recipe = state.get("recipe"), self.recipe
+        if saved_recipe is not None and recipe is not None:  # fields the trainer does not see by itself
+            for k in sorted(set(saved_recipe) | set(recipe)):
+                if k in ("steps", "batch_size", "seed", "lr"):  # compared above, as the trainer sees them
+                    continue
+                if saved_recipe.get(k) != recipe.get(k):
+                    reported.append((f"recipe.{k}", saved_recipe.get(k), recipe.get(k)))
+        return refused, reported
+
+    def _load_checkpoint(self, folder: Path, allow_changes: bool = False) -> None:
+        hint = _fallback_hint(folder.parent, _step_of(folder))
+        state = _read_json(folder / "trainer.json", hint)
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            fmt = state.get("format") if isinstance(state, dict) else type(state).__name__
+            raise CheckpointError(f"{shown_path(folder)} is not a {CHECKPOINT_FORMAT} checkpoint "
+                                  f"(trainer.json format={fmt!r}); {hint}", folder / "trainer.json")
         if state["optimizers"] != list(self.optimizers):
-            raise ValueError(
+            raise ResumeMismatchError(
                 f"{folder} was saved with optimisers {state['optimizers']}, but the module now configures "
-                f"{list(self.optimizers)}"
+                f"{list(self.optimizers)}; build the module as in the saved run (e.g. the same disc_start / "
+                "disc_weight), or start again in a new --out folder",
+                [("optimizers", state["optimizers"], list(self.optimizers))],
             )
-        saved_cfg = state.get("config", {})
-        for key in ("batch_size", "seed", "drop_last"):
-            if key in saved_cfg and saved_cfg[key] != getattr(self.config, key):
-                warnings.warn(
-                    f"resuming {folder} with {key}={getattr(self.config, key)!r} (saved with "
-                    f"{saved_cfg[key]!r}): the data order will differ from the original run"
-                )
+        new_hparams = _optimizer_hparams(self.optimizers)  # before the saved optimiser state replaces them
+        refused, reported = self._resume_changes(folder, state, new_hparams)
+        if refused and not allow_changes:
+            lines = "\n".join(f"  - {k}: saved {old!r}, now {new!r}" for k, old, new in refused)
+            steps_note = ""
+            if any(k == "max_steps" for k, _, _ in refused):
+                steps_note = (f" For max_steps, pass --steps {state['step']} or more (exactly {state['step']} trains "
+                              "nothing more: that is how to --export the run).")
+            raise ResumeMismatchError(
+                f"cannot resume {shown_path(folder)}: these settings differ from the saved run, which therefore "
+                f"could not continue as it was:\n{lines}\nRestore the saved values to continue the run exactly, or "
+                f"start a new run in a new --out folder.{steps_note} (In Python, "
+                "fit(resume=..., allow_changes=True) continues with the new values, knowingly.)",
+                refused,
+            )
+        if reported or refused:
+            items = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in refused + reported)
+            warnings.warn(f"resuming {shown_path(folder)} with changed settings ({items}); the result will differ "
+                          "from continuing the saved run unchanged", stacklevel=3)
         if state.get("world_size", 1) != self.world_size:
             warnings.warn(
                 f"resuming {folder} (saved with world_size={state.get('world_size')}) on world_size="
                 f"{self.world_size}: the global batch and the data order change"
             )
 
-        sd = safetensors.torch.load_file(str(folder / "model.safetensors"))
-        _load_into(self.module, sd, strict=True, what=str(folder / "model.safetensors"))
+        _verify_files(folder, state, sorted(state.get("files") or {}), hint)
+        model_file = folder / "model.safetensors"
+        sd = _load_safetensors(model_file, hint)
+        bad = _nonfinite(sd)
+        if bad:
+            raise CheckpointError(f"{shown_path(model_file)} holds NaN / inf weights ({', '.join(bad[:5])}); a "
+                                  f"diverged run is not continued from it: {hint}", model_file)
+        _load_into(self.module, sd, strict=True, what=str(model_file))
         if self.ema_state is not None:
             ema_file = folder / "ema.safetensors"
             if ema_file.is_file():
-                ema_sd = safetensors.torch.load_file(str(ema_file))
+                ema_sd = _load_safetensors(ema_file, hint)
                 missing = sorted(set(self.ema_state) - set(ema_sd))
                 if missing:
                     raise KeyError(f"{ema_file} lacks EMA weights for {missing[:5]}")
+                bad = _nonfinite({k: ema_sd[k] for k in self.ema_state})
+                if bad:
+                    raise CheckpointError(f"{shown_path(ema_file)} holds NaN / inf EMA weights ({', '.join(bad[:5])}); "
+                                          f"{hint}", ema_file)
                 with torch.no_grad():
                     for n, e in self.ema_state.items():
                         e.copy_(ema_sd[n])
@@ -1052,17 +1323,33 @@ class Trainer:
                 with torch.no_grad():
                     for n, p in self._ema_params.items():
                         self.ema_state[n].copy_(p.detach())
-        optim = torch.load(folder / "optim.pt", map_location="cpu", weights_only=True)
-        for name, opt in self.optimizers.items():
-            opt.load_state_dict(optim["optimizers"][name])
-        if self.scaler.is_enabled() and optim.get("scaler"):
-            self.scaler.load_state_dict(optim["scaler"])
-        with open(folder / "rng.json") as f:
-            rng_states = json.load(f)["ranks"]
-        if self.rank < len(rng_states):
-            _set_rng(_rng_from_json(rng_states[self.rank]))
-        else:
-            _seed_all(_mix_seed(self.config.seed, self.rank, state["step"]))
+        optim_file = folder / "optim.pt"
+        optim = _torch_load(optim_file, hint)
+        try:
+            for name, opt in self.optimizers.items():
+                opt.load_state_dict(optim["optimizers"][name])
+            if self.scaler.is_enabled() and optim.get("scaler"):
+                self.scaler.load_state_dict(optim["scaler"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{shown_path(optim_file)} does not hold the optimiser states of this module "
+                                  f"({type(err).__name__}: {err}); {hint}", optim_file) from err
+        if allow_changes:  # the loaded optimiser state carries the old hyper-parameters: put the new ones back
+            for name, opt in self.optimizers.items():
+                for group, new in zip(opt.param_groups, new_hparams[name]):
+                    for k, v in new.items():
+                        group[k] = tuple(v) if isinstance(v, list) else v
+                    if "initial_lr" in group:
+                        group["initial_lr"] = new["lr"]
+        rng_states = _read_json(folder / "rng.json", hint)
+        try:
+            rng_states = rng_states["ranks"]
+            if self.rank < len(rng_states):
+                _set_rng(_rng_from_json(rng_states[self.rank]))
+            else:
+                _seed_all(_mix_seed(self.config.seed, self.rank, state["step"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{shown_path(folder / 'rng.json')} is corrupt ({type(err).__name__}: {err}); "
+                                  f"{hint}", folder / "rng.json") from err
         self.step = int(state["step"])
         self.history = list(state.get("history", []))
         self.last_checkpoint = str(folder)

@@ -14,13 +14,32 @@ import numpy as np
 import torch
 
 
+def check_finite_images(images: torch.Tensor) -> None:
+    """Refuse images with NaN / inf: converted to uint8 they would silently become black (or white) pixels."""
+    bad = ~torch.isfinite(images)
+    if bool(bad.any()):
+        n_nan = int(torch.isnan(images).sum())
+        per_image = bad.flatten(1).any(1) if images.dim() == 4 else bad.any()[None]
+        which = torch.nonzero(per_image).flatten()[:5].tolist()
+        raise ValueError(
+            f"cannot draw or save images with NaN / inf: {int(bad.sum())} of {images.numel()} values are not finite "
+            f"({n_nan} NaN) in image(s) {which}{' ...' if int(per_image.sum()) > 5 else ''} of {len(per_image)}; "
+            "they would come out black. Find where they arise (a diverged model, too large guidance) instead of "
+            "saving them, or replace them deliberately with torch.nan_to_num(images)"
+        )
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(B, C, H, W) or (C, H, W) in [-1, 1] -> uint8 (B, H, W, 3) (grey is repeated to RGB)."""
+    """(B, C, H, W) or (C, H, W) in [-1, 1] -> uint8 (B, H, W, 3) (grey is repeated to RGB).
+
+    Values outside [-1, 1] are clipped; NaN / inf raise a ``ValueError`` (:func:`check_finite_images`), so no
+    grid, figure or PNG is made from them."""
     x = images.detach().float().cpu()
     if x.dim() == 3:
         x = x[None]
     if x.dim() != 4:
         raise ValueError(f"expected images of shape (B, C, H, W) or (C, H, W), got {tuple(images.shape)}")
+    check_finite_images(x)
     if x.shape[1] == 1:
         x = x.repeat(1, 3, 1, 1)
     x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

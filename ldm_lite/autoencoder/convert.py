@@ -124,20 +124,34 @@ def load_compvis_first_stage(path_or_state_dict, config: AutoencoderConfig) -> A
     checkpoint that needs unpickling of arbitrary objects is refused -- convert it to safetensors
     in an environment you trust.
     """
+    import pickle
+
+    fix = "download it again (compare its sha256 with the publisher's) or use another copy"
     if isinstance(path_or_state_dict, dict):
         ckpt = path_or_state_dict
     elif str(path_or_state_dict).endswith(".safetensors"):
         from safetensors.torch import load_file
 
-        ckpt = load_file(str(path_or_state_dict))
+        try:
+            ckpt = load_file(str(path_or_state_dict))
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # SafetensorError: truncated file, corrupt header
+            raise RuntimeError(
+                f"{path_or_state_dict} is corrupt or truncated and cannot be read ({err}); {fix}") from err
     else:
         try:
             ckpt = torch.load(path_or_state_dict, map_location="cpu", weights_only=True)
-        except Exception as err:  # pickle.UnpicklingError and friends
+        except FileNotFoundError:
+            raise
+        except pickle.UnpicklingError as err:  # objects beyond tensors and containers: never unpickled here
             raise RuntimeError(
                 f"{path_or_state_dict} cannot be loaded without unpickling arbitrary objects ({err}). "
                 "Convert it to .safetensors in an environment you trust, then load that file."
             ) from err
+        except Exception as err:  # zipfile / "PytorchStreamReader failed", EOFError: a damaged file
+            raise RuntimeError(f"{path_or_state_dict} is corrupt or truncated and cannot be read "
+                               f"({type(err).__name__}: {err}); {fix}") from err
     model = AutoencoderKL(config)
     sd = first_stage_state_dict(ckpt)
     missing, unexpected = model.load_state_dict(sd, strict=False)

@@ -12,6 +12,7 @@ learner can read that code after the course (``convert.py`` maps diffusers' name
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -30,6 +31,48 @@ def check_image_size(h: int, w: int, f: int, what: str = "the downsampling facto
             f"image size {h}x{w} is not divisible by {what} f={f}; resize or crop to a multiple of {f} "
             f"(e.g. {max(f, h // f * f)})"
         )
+
+
+def check_image_channels(x: torch.Tensor, channels: int, what: str = "the autoencoder") -> None:
+    """Raise a ``ValueError`` that says how to fix it unless ``x`` is ``(B, channels, H, W)``.
+
+    Recognises the usual mistakes: channels-last images ``(B, H, W, C)`` (from PIL / NumPy), grey images given
+    to an RGB model and RGBA images with their alpha channel.
+    """
+    if not torch.is_tensor(x) or x.dim() != 4:
+        shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+        hint = " (a single image: add the batch axis with x[None])" if torch.is_tensor(x) and x.dim() == 3 else ""
+        raise ValueError(f"expected images of shape (B, C, H, W) with C = {channels}, got {shape}{hint}")
+    c = int(x.shape[1])
+    if c == channels:
+        return
+    shape = tuple(x.shape)
+    if int(x.shape[-1]) == channels:
+        fix = "this looks channels-last (B, H, W, C); convert with x.permute(0, 3, 1, 2)"
+    elif c == 1 and channels == 3:
+        fix = "grey images: repeat the channel with x.expand(-1, 3, -1, -1) (or use a 1-channel autoencoder)"
+    elif c == 4 and channels == 3:
+        fix = "RGBA images: drop the alpha channel with x[:, :3] (or composite it on a background first)"
+    elif c == 3 and channels == 1:
+        fix = "RGB images for a grey model: average the channels with x.mean(1, keepdim=True)"
+    else:
+        fix = f"give {channels}-channel images, or build the model with in_channels={c}"
+    raise ValueError(
+        f"{what} takes images of shape (B, {channels}, H, W) (in_channels={channels}), got {shape} with "
+        f"{c} channels: {fix}"
+    )
+
+
+def check_positive_sizes(owner: str, **sizes) -> None:
+    """Raise a ``ValueError`` naming the first size that is not a positive int (``ch=0`` would build a model
+    with empty convolutions that fails only later, in the first forward pass)."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{owner}: {name} must be a positive int (>= 1), got {value!r}; "
+                             f"e.g. {name}={_TYPICAL_SIZES.get(name, 2)}")
+
+
+_TYPICAL_SIZES = {"ch": 64, "z_channels": 4, "embed_dim": 4, "in_channels": 3, "out_ch": 3, "n_embed": 512}
 
 
 def Normalize(channels: int) -> nn.GroupNorm:
@@ -128,10 +171,24 @@ def _check_ch_mult(ch_mult) -> None:
             f"ch_mult {tuple(ch_mult)} gives {len(ch_mult)} levels; use 1 to {len(VALID_FACTORS)} levels "
             f"(f = 2**(len(ch_mult) - 1) in {VALID_FACTORS})"
         )
+    bad = [m for m in ch_mult if isinstance(m, bool) or not isinstance(m, numbers.Integral) or m < 1]
+    if bad:
+        raise ValueError(f"ch_mult {tuple(ch_mult)} has {bad[0]!r}; every multiplier must be a positive int "
+                         "(level width = ch * multiplier), e.g. (1, 2, 4)")
+
+
+def _check_coder(owner: str, ch, num_res_blocks, z_channels, image_channels, dropout) -> None:
+    check_positive_sizes(owner, ch=ch, num_res_blocks=num_res_blocks, z_channels=z_channels)
+    check_positive_sizes(owner, **image_channels)
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"{owner}: dropout must lie in [0, 1), got {dropout!r}")
 
 
 class Encoder(nn.Module):
-    """x (B, in_channels, H, W) -> moments (B, 2*z_channels if double_z else z_channels, H/f, W/f)."""
+    """x (B, in_channels, H, W) -> moments (B, 2*z_channels if double_z else z_channels, H/f, W/f).
+
+    Sizes (``ch``, ``num_res_blocks``, ``z_channels``, ``in_channels``, ``ch_mult``) must be positive ints;
+    ``forward`` names channels-last or wrong-channel images (:func:`check_image_channels`)."""
 
     def __init__(
         self,
@@ -146,8 +203,10 @@ class Encoder(nn.Module):
     ):
         super().__init__()
         _check_ch_mult(ch_mult)
+        _check_coder("Encoder", ch, num_res_blocks, z_channels, dict(in_channels=in_channels), dropout)
         self.num_resolutions, self.num_res_blocks = len(ch_mult), num_res_blocks
         self.f = 2 ** (len(ch_mult) - 1)
+        self.in_channels = in_channels
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
         in_mult = (1,) + tuple(ch_mult)
         self.down = nn.ModuleList()
@@ -165,8 +224,7 @@ class Encoder(nn.Module):
         self.conv_out = nn.Conv2d(block_in, 2 * z_channels if double_z else z_channels, 3, padding=1)
 
     def forward(self, x):
-        if x.dim() != 4:
-            raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(x.shape)}")
+        check_image_channels(x, self.in_channels, "the encoder")  # before the size: (B, H, W, C) fails here
         check_image_size(*x.shape[-2:], self.f)
         h = self.conv_in(x)
         for i, level in enumerate(self.down):
@@ -193,6 +251,7 @@ class Decoder(nn.Module):
     ):
         super().__init__()
         _check_ch_mult(ch_mult)
+        _check_coder("Decoder", ch, num_res_blocks, z_channels, dict(out_ch=out_ch), dropout)
         self.num_resolutions, self.num_res_blocks = len(ch_mult), num_res_blocks
         self.f = 2 ** (len(ch_mult) - 1)
         block_in = ch * ch_mult[-1]
@@ -252,9 +311,18 @@ class AutoencoderConfig:
     def __post_init__(self):
         if self.reg not in ("kl", "vq"):
             raise ValueError(f"reg must be 'kl' or 'vq', got {self.reg!r}")
+        check_positive_sizes("AutoencoderConfig", ch=self.ch, num_res_blocks=self.num_res_blocks,
+                             z_channels=self.z_channels, in_channels=self.in_channels)
+        if self.embed_dim is not None:
+            check_positive_sizes("AutoencoderConfig", embed_dim=self.embed_dim)
+        if self.reg == "vq":
+            check_positive_sizes("AutoencoderConfig", n_embed=self.n_embed)
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"AutoencoderConfig: dropout must lie in [0, 1), got {self.dropout!r}")
         if self.ch_mult is None:
             self.ch_mult = ch_mult_for_factor(self.f)
         self.ch_mult = tuple(self.ch_mult)
+        _check_ch_mult(self.ch_mult)
         if 2 ** (len(self.ch_mult) - 1) != self.f:
             raise ValueError(
                 f"ch_mult {self.ch_mult} gives f={2 ** (len(self.ch_mult) - 1)}, but f={self.f} was asked for"

@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["CONDITION_KEYS", "as_condition", "batch_size_of", "expand_batch", "raw_batch", "to_device",
-           "where_dropped"]
+__all__ = ["CONDITION_KEYS", "as_condition", "batch_size_of", "check_class_labels", "expand_batch", "raw_batch",
+           "to_device", "where_dropped"]
 
 CONDITION_KEYS = ("c_concat", "c_crossattn", "context_mask", "y")
 _PART_OF_KEY = {"crossattn": "c_crossattn", "concat": "c_concat", "adm": "y"}
@@ -65,6 +65,43 @@ def as_condition(c: Any, conditioning_key: str | None) -> dict[str, torch.Tensor
     if conditioning_key == "hybrid":
         raise ValueError("conditioning_key='hybrid' needs a dict {'c_concat': (B, C, h, w), 'c_crossattn': (B, M, D)}")
     return {_PART_OF_KEY[conditioning_key]: c}
+
+
+def check_class_labels(labels: Any, num_classes: int, null_class: int | None = None,
+                       what: str = "class labels") -> torch.Tensor:
+    """Raw class labels (an int, a list of ints or an integer tensor ``(B,)``) -> a long tensor ``(B,)``, or a
+    ``ValueError`` / ``TypeError`` that names the bad value and the valid range ``0..num_classes - 1``.
+
+    Called once where labels enter the model (``LatentDiffusion.get_learned_conditioning`` / ``sample``), so
+    that a label 99 or -1 fails with the range instead of ``nn.Embedding``'s "index out of range in self".
+    ``null_class``: the label that stands for "no class" (classifier-free guidance), named in the message.
+    """
+    null = f" ({null_class} = the null class of guidance)" if null_class is not None else ""
+    valid = f"0..{num_classes - 1}{null}"
+    if isinstance(labels, bool) or isinstance(labels, float) or isinstance(labels, str):
+        raise TypeError(f"{what} must be integers in {valid}, got {labels!r} ({type(labels).__name__}); "
+                        "pass an int, a list of ints or a long tensor (B,)")
+    if not torch.is_tensor(labels):
+        try:
+            labels = torch.as_tensor(labels)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"{what} must be integers in {valid}, got {labels!r}; pass an int, a list of ints "
+                            "or a long tensor (B,)") from None
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        shown = labels.flatten()[:4].tolist()
+        raise TypeError(f"{what} must be integers in {valid}, got dtype {labels.dtype} (values {shown}); pass a long "
+                        "tensor, e.g. torch.tensor([3]) or labels.long()")
+    if labels.ndim == 0:
+        labels = labels[None]
+    if labels.ndim != 1:
+        raise ValueError(f"{what} must have shape (B,), got {tuple(labels.shape)}")
+    if labels.numel():
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= num_classes:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"{what}: label {bad} is out of range; valid labels are {valid} (the model has "
+                             f"{num_classes} classes). Fix the label, or build the model with more classes")
+    return labels.long()
 
 
 def batch_size_of(cond: dict[str, torch.Tensor]) -> int:

@@ -66,7 +66,9 @@ class ClassEmbedder(nn.Module):
         if labels.ndim == 0:
             labels = labels[None]
         if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-            raise TypeError(f"class labels must be integers, got dtype {labels.dtype}")
+            raise TypeError(f"class labels must be integers in 0..{self.num_classes - 1} ({self.num_classes} = the null "
+                            f"class), got dtype {labels.dtype} (values {labels.flatten()[:4].tolist()}); pass a long "
+                            "tensor, e.g. torch.tensor([3]) or labels.long()")
         if labels.ndim != 1:
             raise ValueError(f"class labels must have shape (B,), got {tuple(labels.shape)}")
         bad = (labels < 0) | (labels > self.num_classes)

@@ -53,10 +53,18 @@ def to_image_tensor(array: np.ndarray) -> torch.Tensor:
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """The inverse of :func:`to_image_tensor`: ``(C, H, W)`` or ``(N, C, H, W)`` in [-1, 1] -> uint8
-    ``(H, W, C)`` or ``(N, H, W, C)``. Values outside [-1, 1] are clipped."""
+    ``(H, W, C)`` or ``(N, H, W, C)``. Values outside [-1, 1] are clipped; NaN / inf raise a ``ValueError``."""
     if images.ndim not in (3, 4):
         raise ValueError(f"expected (C, H, W) or (N, C, H, W), got shape {tuple(images.shape)}")
-    x = images.detach().to("cpu", torch.float32).add(1.0).mul(127.5).round().clamp(0, 255)
+    x = images.detach().to("cpu", torch.float32)
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        raise ValueError(
+            f"cannot convert images with NaN / inf to uint8: {int(bad.sum())} of {x.numel()} values are not finite "
+            f"({int(torch.isnan(x).sum())} NaN); they would be saved as black pixels. Fix where they arise, or "
+            "replace them deliberately with torch.nan_to_num(images)"
+        )
+    x = x.add(1.0).mul(127.5).round().clamp(0, 255)
     return x.to(torch.uint8).movedim(-3, -1).numpy()
 
 

@@ -41,6 +41,9 @@ Conventions (the same in all samplers)
   ``generator``: the same seed gives the same samples.
 * **Guidance.** With ``unconditional_conditioning`` and ``guidance_scale != 1`` every step makes one
   model call on a doubled batch (:mod:`ldm_lite.diffusion.guidance`).
+* **Validation, once per call.** ``sample`` checks its arguments before the loop: ``guidance_scale``
+  finite and ``>= 0`` (``!= 1`` only with an ``unconditional_conditioning``), ``eta`` finite in [0, 1],
+  ``x_T`` / ``x0`` finite. Nothing is checked inside the loop.
 * **Outputs.** ``sample`` returns the final ``x_0`` ``shape``-shaped tensor; with ``log_every=k`` it
   returns ``(x_0, intermediates)`` where ``intermediates = {"x_T": x_T, "t": [...], "x_inter":
   [...], "pred_x0": [...]}`` records, after every k-th step and after the last, the timestep the
@@ -71,6 +74,9 @@ __all__ = [
     "SAMPLERS",
     "make_sampler",
     "repaint_moves",
+    "check_guidance_scale",
+    "check_eta",
+    "check_finite",
 ]
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
@@ -81,6 +87,66 @@ def _randn(shape, generator: torch.Generator | None, device, dtype) -> torch.Ten
     """``N(0, I)`` noise drawn on the generator's device (a CPU generator cannot fill a CUDA tensor)."""
     gen_device = generator.device if generator is not None else device
     return torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=dtype).to(device)
+
+
+def _is_number(x) -> bool:
+    """A real scalar (Python / NumPy number or a one-element tensor), not a bool."""
+    if isinstance(x, bool):
+        return False
+    if torch.is_tensor(x):
+        return x.numel() == 1 and not x.dtype.is_complex and x.dtype != torch.bool
+    try:
+        float(x)
+    except (TypeError, ValueError):
+        return False
+    return not isinstance(x, (str, bytes))
+
+
+def check_guidance_scale(guidance_scale) -> float:
+    """Validate a classifier-free guidance scale ``s`` (``out_u + s (out_c - out_u)``) and return it as a float.
+
+    ``s`` must be finite and ``>= 0``: ``s = 1`` is the plain conditional model (no guidance), ``s = 0`` the
+    unconditional one, ``0 < s < 1`` interpolates between them (less fidelity, more diversity) and ``s > 1``
+    extrapolates past the conditional prediction (the usual 1.5-10). A negative ``s`` steers *away* from the
+    condition and a NaN / inf one turns every sample into NaN, so both are refused here, once, at the entry point.
+    """
+    if not _is_number(guidance_scale):
+        raise TypeError(f"guidance_scale must be a number >= 0 (1 = no guidance), got {guidance_scale!r} "
+                        f"({type(guidance_scale).__name__}); pass e.g. guidance_scale=3.0")
+    s = float(guidance_scale)
+    if not math.isfinite(s) or s < 0:
+        raise ValueError(
+            f"guidance_scale must be a finite number >= 0, got {s}; 1 = no guidance (the plain conditional model), "
+            "0 = the unconditional model, > 1 = stronger guidance (typically 1.5-10): pass e.g. guidance_scale=3.0"
+        )
+    return s
+
+
+def check_eta(eta) -> float:
+    """Validate DDIM's noise scale ``eta`` (Song et al. 2021, Eq. 16): finite, in [0, 1]; return it as a float."""
+    if not _is_number(eta):
+        raise TypeError(f"eta must be a number in [0, 1], got {eta!r} ({type(eta).__name__}); pass e.g. eta=0.0")
+    e = float(eta)
+    if not math.isfinite(e) or e < 0 or e > 1:
+        raise ValueError(
+            f"eta must be >= 0 and <= 1 (a finite number: 0 = deterministic DDIM, 1 = DDPM's posterior variance), "
+            f"got {e}; pass eta in [0, 1]"
+        )
+    return e
+
+
+def check_finite(name: str, x: torch.Tensor, fix: str) -> None:
+    """Raise a ``ValueError`` naming ``name`` and how many of its values are NaN / inf (one check, at the entry)."""
+    if not torch.is_tensor(x):
+        raise TypeError(f"{name} must be a tensor, got {type(x).__name__}")
+    if x.is_floating_point() or x.is_complex():
+        bad = ~torch.isfinite(x)
+        if bool(bad.any()):
+            n_nan = int(torch.isnan(x).sum())
+            raise ValueError(
+                f"{name} contains {int(bad.sum())} non-finite values ({n_nan} NaN, {int(bad.sum()) - n_nan} inf) "
+                f"of {x.numel()}; every value must be finite. {fix}"
+            )
 
 
 def _as_int(t) -> int | None:
@@ -249,9 +315,11 @@ class Sampler:
             shape: ``(B, C, H, W)`` (any ``(B, ...)``).
             steps: number of model timesteps visited; default 50 (DDPM: T, the full chain).
             conditioning: passed to ``model_fn`` as ``cond`` (None, tensor, list or dict of tensors).
-            unconditional_conditioning, guidance_scale: classifier-free guidance, ``out_u + s (out_c - out_u)``.
-            eta: DDIM's noise scale (0 = deterministic DDIM, 1 = DDPM-like); DDIM only.
-            x_T: the starting noise ``shape``; drawn from ``generator`` when omitted.
+            unconditional_conditioning, guidance_scale: classifier-free guidance, ``out_u + s (out_c - out_u)``;
+                ``s`` finite and ``>= 0`` (1 = no guidance; :func:`check_guidance_scale`). ``s != 1`` needs
+                ``unconditional_conditioning`` (without it guidance would be a silent no-op, so it is an error).
+            eta: DDIM's noise scale in [0, 1] (0 = deterministic DDIM, 1 = DDPM-like); DDIM only.
+            x_T: the starting noise ``shape`` (finite); drawn from ``generator`` when omitted.
             keep_mask / hole_mask, x0: keep a known region. Give one mask (broadcastable to ``shape``, e.g.
                 ``(B, 1, H, W)``, binary): ``keep_mask`` is **1 where x0 is known and kept** (CompVis's
                 sampler ``mask``), ``hole_mask`` 1 where the sampler generates (the paper's inpainting script).
@@ -276,9 +344,9 @@ class Sampler:
         if steps is None:
             steps = self.default_steps if self.default_steps is not None else self.schedule.num_timesteps
         timesteps = self.timesteps(steps, timestep_spacing)  # validates steps and spacing
+        guidance_scale = check_guidance_scale(guidance_scale)
+        eta = check_eta(eta)
         self._check_eta(eta)
-        if eta < 0:
-            raise ValueError(f"eta must be >= 0, got {eta}")
         has_mask = keep_mask is not None or hole_mask is not None
         if has_mask and x0 is None:
             raise ValueError(
@@ -313,12 +381,27 @@ class Sampler:
                     f"mask of shape {tuple(mask.shape)} does not broadcast to the sampling shape {shape}; "
                     "use (B, 1, H, W) or (B, C, H, W) with 1 = keep x0"
                 )
-        if x_T is not None and tuple(x_T.shape) != shape:
-            raise ValueError(f"x_T must have the sampling shape {shape}, got {tuple(x_T.shape)}")
+        if x_T is not None:
+            if not torch.is_tensor(x_T) or tuple(x_T.shape) != shape:
+                raise ValueError(f"x_T must have the sampling shape {shape}, got {tuple(getattr(x_T, 'shape', ()))}")
+            check_finite("x_T (the starting noise)", x_T,
+                         "Pass finite noise, e.g. torch.randn(shape, generator=g), or omit x_T to draw it from generator.")
+        if x0 is not None and torch.is_tensor(x0):
+            check_finite("x0 (the known image / latent to keep)", x0,
+                         "Replace the unknown pixels by any finite value (e.g. 0); the mask decides what is kept.")
         if unconditional_conditioning is not None and guidance_scale != 1 and conditioning is None:
             raise ValueError(
                 "unconditional_conditioning and guidance_scale != 1 were given without conditioning: pass "
                 "conditioning=... (the prompt / class / layout), or drop unconditional_conditioning"
+            )
+        if guidance_scale != 1 and unconditional_conditioning is None:
+            raise ValueError(
+                f"guidance_scale={guidance_scale:g} asks for classifier-free guidance, but no unconditional_conditioning "
+                "was given, so guidance would silently do nothing"
+                + (" (and there is no conditioning either: an unconditional model cannot be guided)"
+                   if conditioning is None else "")
+                + ". Pass unconditional_conditioning=<the null condition> (e.g. LatentDiffusion."
+                "get_unconditional_conditioning(B)), or guidance_scale=1 for no guidance"
             )
         if log_every is not None and (not isinstance(log_every, int) or log_every < 1):
             raise ValueError(f"log_every must be a positive integer or None, got {log_every!r}")
@@ -498,8 +581,8 @@ class DDIMSampler(Sampler):
         (``alpha_bar`` given by ``final_alpha_cumprod``). ``noise`` is used when ``eta > 0`` (drawn
         from ``generator`` when omitted).
         """
-        if eta < 0:
-            raise ValueError(f"eta must be >= 0, got {eta}")
+        if not 0 <= eta <= 1:  # also False for NaN
+            check_eta(eta)
         eps, x0 = self.eps_and_x0(model_output, x_t, t)
         a_t, a_prev = self.alpha_bar(t), self.alpha_bar(t_prev)
         sigma = eta * math.sqrt((1.0 - a_prev) / (1.0 - a_t)) * math.sqrt(1.0 - a_t / a_prev)
@@ -710,6 +793,9 @@ SAMPLERS = {
 
 def make_sampler(name: str, schedule: NoiseSchedule, parameterization: str = "eps", **kwargs) -> Sampler:
     """``SAMPLERS[name](schedule, parameterization, **kwargs)``; names: ddpm, ddim, plms, dpm (= dpmsolver++)."""
+    if not isinstance(name, str):
+        raise TypeError(f"sampler must be a name, one of {', '.join(SAMPLERS)}, got {name!r} "
+                        f"({type(name).__name__}); pass e.g. sampler='ddim'")
     key = name.lower()
     if key not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; use one of {', '.join(SAMPLERS)}")

@@ -25,6 +25,7 @@ are in :data:`PAPER_CONFIGS`.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass
 from typing import NamedTuple, Sequence
 
@@ -77,6 +78,32 @@ class UNetConfig:
     def __post_init__(self):
         self.channel_mult = tuple(self.channel_mult)
         self.attention_resolutions = tuple(self.attention_resolutions)
+        # sizes first: a zero width builds (PyTorch allows empty convolutions) and fails only in forward
+        for name in ("in_channels", "out_channels", "model_channels", "num_res_blocks", "transformer_depth",
+                     "norm_num_groups"):
+            _check_positive(name, getattr(self, name))
+        if not self.channel_mult:
+            raise ValueError("UNetConfig: channel_mult needs at least one level, e.g. channel_mult=(1, 2, 4)")
+        for m in self.channel_mult:
+            _check_positive("every channel_mult entry", m, f"(got channel_mult={self.channel_mult}; e.g. (1, 2, 4))")
+        for r in self.attention_resolutions:
+            _check_positive("every attention_resolutions entry", r,
+                            f"(got {self.attention_resolutions}; downsampling rates such as (4, 2, 1), or () for none)")
+        if self.context_dim is not None:
+            _check_positive("context_dim", self.context_dim, "(or None for no cross-attention)")
+        if self.num_classes is not None:
+            _check_positive("num_classes", self.num_classes, "(or None for no class labels)")
+        for name in ("num_heads", "num_head_channels"):
+            v = getattr(self, name)
+            if v != -1:
+                _check_positive(name, v, "(or -1 = unset; give exactly one of num_heads / num_head_channels)")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"UNetConfig: dropout must lie in [0, 1), got {self.dropout!r}")
+
+
+def _check_positive(name: str, value, note: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"UNetConfig: {name} must be a positive int (>= 1), got {value!r} {note}".rstrip())
 
 
 class ShapeRow(NamedTuple):
@@ -315,8 +342,11 @@ class UNetModel(nn.Module):
                 raise ValueError(
                     f"the model is class-conditional (num_classes={self.num_classes}); pass labels y of shape (B,)"
                 )
-            if y.shape != (b,):
-                raise ValueError(f"y must have shape (B,) = ({b},), got {tuple(y.shape)}")
+            if not torch.is_tensor(y) or y.shape != (b,):
+                raise ValueError(f"y must have shape (B,) = ({b},), got {tuple(getattr(y, 'shape', ())) or y!r}")
+            if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+                raise TypeError(f"class labels y must be integers in 0..{self.num_classes - 1}, got dtype {y.dtype}; "
+                                "pass a long tensor, e.g. y.long() or torch.tensor([3])")
         if self.context_dim is None:
             if context is not None:
                 raise ValueError(
@@ -355,7 +385,14 @@ class UNetModel(nn.Module):
         timesteps = self._check_inputs(x, timesteps, context, y, context_mask)
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(x.dtype))  # (B, 4C)
         if self.num_classes is not None:
-            emb = emb + self.label_emb(y)
+            try:  # the range is checked where labels enter (LatentDiffusion); here only the error is translated
+                emb = emb + self.label_emb(y)
+            except IndexError:
+                raise ValueError(
+                    f"class label out of range: y holds {int(y.min())}..{int(y.max())}, but the UNet has "
+                    f"num_classes={self.num_classes}, so labels must lie in 0..{self.num_classes - 1}; fix the labels "
+                    "or build the UNet with more classes"
+                ) from None
         hs = []
         h = torch.cat([x, self.coordinates(x)], dim=1) if self.coord_channels else x
         for block in self.input_blocks:
