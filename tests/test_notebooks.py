@@ -48,7 +48,8 @@ def test_notebook_runs_at_smoke_scale(path, monkeypatch):
 # Notebooks whose committed outputs were produced by `ldm-lite execute-notebook` (DESIGN §9). The older
 # chapters predate the command; add each one here when it is re-executed with it.
 EXECUTED_BY_SCRIPT = ("01_perceptual_autoencoder", "02_diffusion_objective", "03_unet", "04_latent_diffusion",
-                      "05_samplers", "06_cross_attention_conditioning", "08_evaluation")
+                      "05_samplers", "06_cross_attention_conditioning", "07_spatial_conditioning",
+                      "08_evaluation")
 
 
 @pytest.mark.parametrize("stem", EXECUTED_BY_SCRIPT)
