@@ -216,7 +216,10 @@ def _add_sample(sub) -> None:
     p = sub.add_parser("sample", help="sample a shipped / exported LDM into a PNG grid")
     p.add_argument("--model", required=True, help="name under data/pretrained/ or a path (manifest kind 'ldm')")
     p.add_argument("--n", type=_positive_int, default=16, help="number of images")
-    p.add_argument("--sampler", default="ddim", help="ddim | plms | dpm | ddpm")
+    p.add_argument("--sampler", default="ddim", choices=["ddim", "plms", "dpm", "dpmsolver++", "ddpm"])
+    p.add_argument("--timestep-spacing", default="uniform", choices=["uniform", "leading", "trailing", "quadratic"],
+                   help="which timesteps a short run visits: uniform (= leading, CompVis / Stable Diffusion; a 5-step "
+                        "run starts at t = 801) or trailing (starts at t = 999, Lin et al. 2024)")
     p.add_argument("--steps", type=_positive_int, default=50)
     p.add_argument("--eta", type=_finite_float(0, 1), default=0.0, help="DDIM noise (0 = deterministic)")
     p.add_argument("--guidance", type=_finite_float(0), default=1.0, help="classifier-free guidance scale")
@@ -311,7 +314,8 @@ def _run_sample(args) -> dict:
         b = min(args.batch_size, args.n - i)
         chunks.append(model.sample(b, cond=None if cond is None else cond[i : i + b], sampler=args.sampler,
                                    steps=args.steps, eta=args.eta, guidance_scale=args.guidance, generator=gen,
-                                   latent_size=args.latent_size, progress=True))
+                                   latent_size=args.latent_size, progress=True,
+                                   timestep_spacing=args.timestep_spacing))
     images = torch.cat(chunks)
     seconds = time.perf_counter() - t0
     if not torch.isfinite(images).all():
@@ -326,6 +330,7 @@ def _run_sample(args) -> dict:
 
         save_npz_atomic(str(out), compress=True, images=to_uint8(images))
         manifest = dict(kind="samples", model=args.model, n=args.n, sampler=args.sampler, steps=args.steps,
+                        timestep_spacing=args.timestep_spacing,
                         prompt=args.prompt, label=list(args.label) if args.label else None, layout=args.layout,
                         eta=args.eta, guidance=args.guidance, seed=args.seed, batch_size=args.batch_size,
                         seconds=summary["seconds"], threads=torch.get_num_threads(),

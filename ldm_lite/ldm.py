@@ -758,6 +758,7 @@ class LatentDiffusion(nn.Module):
         jump_length: int = 0,
         jump_n_sample: int = 1,
         decode_tile: int | None = None,
+        timestep_spacing: str = "uniform",
         **sampler_kwargs,
     ):
         """Generate images: sample latents with a sampler, then decode them. Returns ``(B, 3, H, W)`` in [-1, 1].
@@ -782,6 +783,9 @@ class LatentDiffusion(nn.Module):
         are known). ``sampler``: a name (``"ddim"``,
         ``"plms"``, ``"dpm"``, ``"ddpm"``) or a :class:`Sampler`; extra keyword arguments go to its constructor.
         ``decode_tile``: decode the latents in overlapping tiles of this side (large canvases, chapter 07).
+        ``timestep_spacing``: which timesteps a ``steps``-step run visits -- ``"uniform"`` (= ``"leading"``,
+        CompVis / Stable Diffusion: a 5-step run starts at t = 801), ``"trailing"`` (starts at t = T - 1, Lin et
+        al. 2024) or ``"quadratic"`` (:func:`~ldm_lite.diffusion.schedule.make_ddim_timesteps`).
 
         ``return_latents=True`` returns ``(images, latents)``.
 
@@ -854,13 +858,19 @@ class LatentDiffusion(nn.Module):
                 uc = self.get_unconditional_conditioning(b, like=c, latent_size=shape[-2:])
             uc = expand_batch(as_condition(uc, self.conditioning_key), b)
         # ---- a known region (inpainting / keeping x0)
-        if x0 is not None:
-            x0 = x0.to(self.device).float()
-            if self.first_stage is not None and x0.shape[-2:] != shape[-2:]:
-                x0 = self.encode_first_stage(x0)
         mask = None
         if keep_mask is not None or hole_mask is not None:
             mask = keep_mask_from(keep_mask, hole_mask).to(self.device)
+        if x0 is not None:
+            x0 = x0.to(self.device).float()
+            if self.first_stage is not None and x0.shape[-2:] != shape[-2:]:
+                if mask is not None:
+                    # the hole's pixels must never reach the encoder: its receptive field would carry them into
+                    # the "known" latents around the hole (an unfair advantage, and wrong for object removal)
+                    pixel_keep = mask if mask.shape[-2:] == x0.shape[-2:] else F.interpolate(
+                        mask.float(), size=x0.shape[-2:], mode="nearest")
+                    x0 = x0 * pixel_keep
+                x0 = self.encode_first_stage(x0)
             if mask.shape[-2:] != shape[-2:]:
                 if mask.shape[-2] != shape[-2] * self.f or mask.shape[-1] != shape[-1] * self.f:
                     raise ValueError(f"mask of size {tuple(mask.shape[-2:])} matches neither the latent "
@@ -879,7 +889,7 @@ class LatentDiffusion(nn.Module):
                 lambda x, t, cc: self.apply_model(x, t, cc), shape, steps, conditioning=c,
                 unconditional_conditioning=uc, guidance_scale=guidance_scale, eta=eta, x_T=x_T, keep_mask=mask,
                 x0=x0, generator=generator, callback=callback, progress=progress, device=self.device,
-                jump_length=jump_length, jump_n_sample=jump_n_sample,
+                jump_length=jump_length, jump_n_sample=jump_n_sample, timestep_spacing=timestep_spacing,
             )
             images = self.decode_first_stage(z, tile=decode_tile)
         finally:

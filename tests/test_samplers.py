@@ -462,7 +462,7 @@ def test_errors(sched):
     with pytest.raises(ValueError, match="pass\\s+conditioning"):
         s.sample(linear_model, SHAPE, 2, unconditional_conditioning=torch.zeros(2, 3), guidance_scale=5.0, **kw)
     with pytest.raises(ValueError, match="timestep method"):
-        s.sample(linear_model, SHAPE, 2, timestep_spacing="trailing", **kw)
+        s.sample(linear_model, SHAPE, 2, timestep_spacing="linspace", **kw)
     with pytest.raises(ValueError, match="eta"):
         PLMSSampler(sched).sample(linear_model, SHAPE, 2, eta=0.5, **kw)
     with pytest.raises(ValueError, match="eta must be >= 0"):
@@ -472,3 +472,19 @@ def test_errors(sched):
     with pytest.raises(ValueError, match="unknown sampler"):
         make_sampler("euler", sched)
     assert isinstance(make_sampler("DPM", sched, "v"), DPMSolverSampler)
+
+
+@pytest.mark.parametrize("cls", [DDIMSampler, PLMSSampler, DPMSolverSampler])
+def test_every_sampler_visits_the_trailing_timesteps_from_t_999(cls, sched):
+    for spacing, first in (("uniform", 801), ("leading", 801), ("trailing", 999)):
+        seen = []
+
+        def model(x, t, cond=None):
+            seen.append(int(t.flatten()[0]))
+            return linear_model(x, t, cond)
+
+        out = cls(sched).sample(model, SHAPE, 5, generator=torch.Generator().manual_seed(0), progress=False,
+                                timestep_spacing=spacing)
+        assert torch.isfinite(out).all()
+        assert seen[0] == first, (cls.__name__, spacing, seen)
+        assert set(seen) <= set(make_ddim_timesteps(5, T, spacing).tolist()), seen

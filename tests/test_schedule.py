@@ -279,6 +279,24 @@ def test_ddim_timesteps_match_diffusers_leading(diffusers, T, S):
     assert torch.equal(ours.flip(0), ref.timesteps)
 
 
+@pytest.mark.parametrize("T, S", [(1000, 5), (1000, 50), (1000, 3), (1000, 7), (100, 30), (1000, 1000)])
+def test_ddim_timesteps_match_diffusers_trailing(diffusers, T, S):
+    ref = diffusers.DDIMScheduler(num_train_timesteps=T, timestep_spacing="trailing")
+    ref.set_timesteps(S)
+    ours = make_ddim_timesteps(S, T, "trailing")
+    assert ours.dtype == torch.long and ours.shape == (S,) and int(ours[-1]) == T - 1
+    assert torch.equal(ours.flip(0), ref.timesteps)
+
+
+def test_trailing_spacing_starts_where_training_noise_is():
+    assert make_ddim_timesteps(5, 1000, "trailing").tolist() == [199, 399, 599, 799, 999]
+    assert make_ddim_timesteps(5, 1000, "leading").tolist() == [1, 201, 401, 601, 801]  # CompVis / SD
+    sched = NoiseSchedule.from_name("linear", 1000, linear_start=0.00085, linear_end=0.012)  # the LDM / SD schedule
+    first_leading = float(sched.alphas_cumprod[801])
+    assert 0.03 < first_leading < 0.045  # the 5-step leading run starts far from pure noise (alpha_bar ~ 0.037)
+    assert float(sched.alphas_cumprod[999]) < first_leading / 5
+
+
 def test_ddim_timesteps_closed_forms():
     assert make_ddim_timesteps(4, 100).tolist() == [1, 26, 51, 76]
     assert make_ddim_timesteps(4, 100, steps_offset=0).tolist() == [0, 25, 50, 75]

@@ -440,3 +440,19 @@ def test_map_editor_buttons_edit_and_generate(task_models):
     assert box.children[0].children[0].max == len(scene)  # the object picker grew with the scene
     buttons["generate"].click()
     assert not buttons["generate"].disabled
+
+
+def test_training_free_inpainting_never_sees_the_hole_pixels():
+    """x0 is encoded with its hole blanked: the encoder's receptive field must not carry hole content into the
+    kept latents (a leak that made blending look better than it is, and that would resurrect a removed object)."""
+    from ldm_lite.pretrained import load_ldm
+
+    model = load_ldm("ldm_openmoji64")
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    hole = torch.zeros(1, 1, 64, 64)
+    hole[..., 16:40, 20:44] = 1
+    other = x.clone()
+    other[..., 16:40, 20:44] = -x[..., 16:40, 20:44]  # different content inside the hole only
+    a, b = (model.sample(1, x0=img, hole_mask=hole, steps=2, generator=torch.Generator().manual_seed(1),
+                         progress=False) for img in (x, other))
+    torch.testing.assert_close(a, b)

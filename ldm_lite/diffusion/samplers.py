@@ -332,7 +332,8 @@ class Sampler:
             callback: ``callback(i, num_steps, x, pred_x0)`` after step ``i`` (``x`` is the sample after
                 the step, ``pred_x0`` the step's predicted clean sample).
             progress: show a ``tqdm`` progress bar.
-            timestep_spacing: ``"uniform"`` or ``"quadratic"`` (:func:`make_ddim_timesteps`).
+            timestep_spacing: ``"uniform"`` (= ``"leading"``, CompVis / SD), ``"trailing"`` (starts at t = T - 1,
+                Lin et al. 2024) or ``"quadratic"`` (:func:`make_ddim_timesteps`).
             log_every: if set, return ``(x_0, intermediates)`` (see the module docstring).
             device, dtype: where and in which dtype to sample when ``x_T`` is not given (default device:
                 that of ``x0``, else the schedule's).

@@ -392,19 +392,30 @@ def make_ddim_timesteps(
       as CompVis (denser near t=0). It repeats timesteps when ``S`` is large (S >= 30 for T=1000);
       that raises an error here instead of silently taking zero-length steps.
 
+    * ``"trailing"``: ``T - 1, T - 1 - T/S, ...`` rounded (Lin et al. 2024, *Common Diffusion Noise Schedules
+      and Sample Steps are Flawed*, Tab. 2; diffusers' ``timestep_spacing="trailing"``): the first step starts at
+      ``t = T - 1``, where the training noise is, instead of ``T - T/S + offset`` (a 5-step ``"uniform"`` run
+      starts at ``t = 801`` with ``alpha_bar = 0.037``, from pure noise: a mismatch that grows as ``S`` shrinks).
+      ``steps_offset`` does not apply. ``"leading"`` is an alias of ``"uniform"``.
+
     Samplers iterate over ``timesteps.flip(0)`` (from noisy to clean); the step after the smallest
     timestep goes to the clean sample (CompVis and SD use ``alpha_bar_0`` there; diffusers'
     ``set_alpha_to_one=True`` uses 1).
     """
-    methods = ("uniform", "quadratic", "quad")
+    methods = ("uniform", "leading", "trailing", "quadratic", "quad")
     if method not in methods:
-        raise ValueError(f"unknown DDIM timestep method {method!r}; use 'uniform' or 'quadratic'")
+        raise ValueError(f"unknown DDIM timestep method {method!r}; use 'uniform' (= 'leading'), 'trailing' or "
+                         "'quadratic'")
     if not isinstance(num_ddim_timesteps, int) or not 1 <= num_ddim_timesteps <= num_ddpm_timesteps:
         raise ValueError(
             f"num_ddim_timesteps must be an integer in 1..{num_ddpm_timesteps} (the number of training "
             f"timesteps), got {num_ddim_timesteps!r}"
         )
-    if method == "uniform":
+    if method == "trailing":
+        T, S = num_ddpm_timesteps, num_ddim_timesteps
+        steps = np.round(T - np.arange(S) * (T / S)).astype(np.int64)[::-1] - 1
+        return torch.from_numpy(steps.copy())
+    if method in ("uniform", "leading"):
         c = num_ddpm_timesteps // num_ddim_timesteps
         steps = np.arange(num_ddim_timesteps, dtype=np.int64) * c
     else:
