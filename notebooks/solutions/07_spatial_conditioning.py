@@ -24,7 +24,7 @@ def my_repaint_moves(num_steps, jump_length, jump_n_sample):
     return moves
 
 
-def my_tiled_decode(decode, z, f, tile):
+def my_tiled_decode(decode, z, tile):
     """Decode tile x tile latent blocks on their own and paste them (no overlap: the seams show)."""
     rows = []
     for y in range(0, z.shape[-2], tile):
