@@ -32,6 +32,9 @@ def test_notebook_runs_at_smoke_scale(path, monkeypatch):
     monkeypatch.setenv("LDM_SCALE", "smoke")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # as `ldm-lite execute-notebook` runs them: text summaries instead of tqdm's widget bars, which nothing
+    # renders in a headless kernel (a CI run once stalled ~10 min in notebook 02 with widget bars on)
+    monkeypatch.setenv("LDM_PROGRESS", "summary")
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(
         nb,
