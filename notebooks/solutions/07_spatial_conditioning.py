@@ -11,16 +11,18 @@ def my_inpaint_condition(model, image, hole):
 
 
 def my_repaint_moves(num_steps, jump_length, jump_n_sample):
-    """Walk down one step at a time; after every jump_length steps (not at the end) go back up jump_length steps,
-    jump_n_sample - 1 times per position."""
-    moves, jumps, i = [], {}, 0
-    while i < num_steps:
-        moves.append(("down", i))
-        i += 1
-        if jump_length and i % jump_length == 0 and i < num_steps and jumps.get(i, 0) < jump_n_sample - 1:
-            jumps[i] = jumps.get(i, 0) + 1
-            moves += [("up", k) for k in range(i - 1, i - 1 - jump_length, -1)]
-            i -= jump_length
+    """Stretch by stretch: cut the steps 0..num_steps-1 into stretches of jump_length. Walk each stretch down once;
+    a full stretch that does not end the run is then walked back up and down again jump_n_sample - 1 more times.
+    (A different derivation from the package's step-by-step loop, so the check compares two independent answers.)"""
+    if not jump_length:
+        return [("down", i) for i in range(num_steps)]
+    moves = []
+    for start in range(0, num_steps, jump_length):
+        stretch = list(range(start, min(start + jump_length, num_steps)))
+        down = [("down", i) for i in stretch]
+        moves += down
+        if len(stretch) == jump_length and stretch[-1] + 1 < num_steps:
+            moves += ([("up", i) for i in reversed(stretch)] + down) * (jump_n_sample - 1)
     return moves
 
 
