@@ -100,6 +100,10 @@ def _add_train_ae(sub) -> None:
     p.add_argument("--disc-weight", type=float, default=d.disc_weight)
     p.add_argument("--ema-decay", type=float, default=None)
     p.add_argument("--eval-every", type=int, default=None, help="report held-out PSNR/SSIM every N steps")
+    p.add_argument("--init-from", default=None,
+                   help="start from this exported autoencoder's weights (same architecture), e.g. ae_kl_f4_openmoji64")
+    p.add_argument("--train-part", choices=["all", "decoder"], default="all",
+                   help="decoder: freeze encoder and quantiser so the latents (and the LDMs trained on them) are kept")
     _add_run_args(p, d.seed)
 
 
@@ -115,6 +119,7 @@ def _run_train_ae(args) -> dict:
         batch_size=args.batch_size, lr=args.lr, kl_weight=args.kl_weight, perceptual_weight=args.perceptual_weight,
         perceptual=args.perceptual, disc_start=args.disc_start, disc_weight=args.disc_weight,
         ema_decay=args.ema_decay, seed=args.seed, crop=args.crop, lr_schedule=args.lr_schedule,
+        init_from=args.init_from, train_part=args.train_part,
     )
     result = train_autoencoder(recipe, out_dir=args.out, ckpt_every=args.ckpt_every, resume=args.resume,
                                export=args.export, eval_every=args.eval_every, force=args.force,

@@ -219,6 +219,15 @@ class AERecipe:
     eval_images: int = 256
     crop: int | None = None  # train on random crops of this size (evaluation always uses whole images)
     lr_schedule: str = "constant"  # or "cosine" (to 0.1 x lr at the last step)
+    init_from: str | None = None  # a shipped / exported autoencoder whose weights start this run (same config)
+    train_part: str = "all"  # "all", or "decoder": encoder (and quantiser) frozen, the latent space is kept
+
+    def __post_init__(self):
+        if self.train_part not in ("all", "decoder"):
+            raise ValueError(f"train_part must be 'all' or 'decoder', got {self.train_part!r}")
+        if self.train_part == "decoder" and not self.init_from:
+            raise ValueError("train_part='decoder' fine-tunes the decoder of an existing autoencoder: pass init_from "
+                             "(--init-from NAME) too; a fresh encoder would stay random")
 
     def autoencoder_config(self) -> AutoencoderConfig:
         return AutoencoderConfig(f=self.f, ch=self.ch, ch_mult=self.ch_mult, num_res_blocks=self.num_res_blocks,
@@ -277,6 +286,7 @@ def train_autoencoder(recipe: AERecipe, out_dir: str | None = None, ckpt_every: 
         train_set = RandomCrops(train_set, recipe.crop)
     test_images = stack_images(load_dataset(recipe.data, recipe.size, "test", seed=recipe.seed), recipe.eval_images)
     autoencoder = build_autoencoder(recipe.autoencoder_config())
+    init_report = init_autoencoder_from(autoencoder, recipe) if recipe.init_from else None
     loss = make_ae_loss(recipe, perceptual)
     module = AutoencoderModule(autoencoder, loss, lr=recipe.lr)
     cfg = TrainConfig(max_steps=recipe.steps, batch_size=recipe.batch_size, seed=recipe.seed,
@@ -314,8 +324,41 @@ def train_autoencoder(recipe: AERecipe, out_dir: str | None = None, ckpt_every: 
             final_train_logs={k: round(v, 5) for k, v in history[-1].items()} if history else {},
             date=datetime.date.today().isoformat(),
         )
+        if init_report:
+            manifest["init_from"] = init_report
         result["weights"] = str(_save_export(autoencoder, target, manifest, force))
     return result
+
+
+def init_autoencoder_from(autoencoder, recipe: AERecipe) -> dict:
+    """Load ``recipe.init_from``'s weights into ``autoencoder`` (configs must match); with
+    ``recipe.train_part == "decoder"`` freeze everything that makes the latent: encoder, ``quant_conv`` and,
+    for VQ, the codebook. The latents then stay bit-identical, so diffusion models trained on the source
+    autoencoder keep working with the fine-tuned decoder (the Stable Diffusion VAE decoders "ft-EMA" /
+    "ft-MSE" were made this way). Returns a record for the manifest (source, its sha256, what was frozen)."""
+    from ldm_lite.io import sha256_file
+    from ldm_lite.pretrained import load_manifest, load_state_dict, resolve
+
+    base = resolve(recipe.init_from)
+    manifest = load_manifest(base)
+    if manifest.get("kind") != "autoencoder":
+        raise ValueError(f"init_from={recipe.init_from!r} is not an autoencoder (manifest kind "
+                         f"{manifest.get('kind')!r}); pass a shipped autoencoder such as ae_kl_f4_openmoji64")
+    want = recipe.autoencoder_config().to_dict()
+    have = manifest["config"]
+    diffs = [f"{k}: {have.get(k)!r} there, {v!r} here" for k, v in want.items() if k in have and have[k] != v]
+    if diffs:
+        raise ValueError(f"init_from={recipe.init_from!r} has a different architecture ({'; '.join(diffs)}); pass "
+                         "the same --f / --reg / --ch / --num-res-blocks / --z-channels as that model")
+    autoencoder.load_state_dict(load_state_dict(base))
+    frozen = []
+    if recipe.train_part == "decoder":
+        for name, module in autoencoder.named_children():
+            if name in ("encoder", "quant_conv", "quantize"):
+                module.requires_grad_(False)
+                frozen.append(name)
+    return dict(name=str(recipe.init_from), sha256=sha256_file(base.with_suffix(".safetensors")),
+                train_part=recipe.train_part, frozen=frozen)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -28,6 +28,34 @@ def test_train_autoencoder_exports_a_loadable_checkpoint(tmp_path):
     torch.testing.assert_close(a, b, atol=2e-2, rtol=0)  # weights are stored in float16
 
 
+@pytest.mark.parametrize("reg", ["kl", "vq"])
+def test_decoder_fine_tune_keeps_the_latents(tmp_path, reg):
+    """init_from + train_part='decoder': the exported encoder (and codebook) is bit-identical to the source, so the
+    latents -- and every LDM trained on them -- are kept; the decoder did move."""
+    from safetensors.torch import load_file
+
+    tiny = dict(TINY, reg=reg, n_embed=16)
+    train_autoencoder(AERecipe(**tiny), progress=False, export=str(tmp_path / "src"), command="test")
+    recipe = AERecipe(**dict(tiny, steps=3, disc_start=1, init_from=str(tmp_path / "src"), train_part="decoder",
+                             ema_decay=0.9))
+    out = train_autoencoder(recipe, progress=False, export=str(tmp_path / "ft"), command="test")
+    a, b = load_file(str(tmp_path / "src.safetensors")), load_file(str(tmp_path / "ft.safetensors"))
+    latent_keys = [k for k in a if k.startswith(("encoder.", "quant_conv.", "quantize.")) and k != "quantize.usage"]
+    assert latent_keys and all(torch.equal(a[k], b[k]) for k in latent_keys)
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("decoder."))
+    man = json.loads((tmp_path / "ft.json").read_text())
+    assert man["init_from"]["train_part"] == "decoder" and "encoder" in man["init_from"]["frozen"]
+    assert "loss/disc" in out["history"][-1]
+
+
+def test_init_from_refuses_another_architecture(tmp_path):
+    train_autoencoder(AERecipe(**TINY), progress=False, export=str(tmp_path / "src"), command="test")
+    with pytest.raises(ValueError, match="different architecture.*ch"):
+        train_autoencoder(AERecipe(**dict(TINY, ch=16, init_from=str(tmp_path / "src"))), progress=False)
+    with pytest.raises(ValueError, match="pass init_from"):
+        AERecipe(**dict(TINY, train_part="decoder"))
+
+
 def test_vq_recipe_trains():
     out = train_autoencoder(AERecipe(**dict(TINY, reg="vq", n_embed=16)), progress=False)
     assert out["history"][-1]["step"] == 2

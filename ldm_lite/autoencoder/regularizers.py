@@ -128,7 +128,7 @@ class VectorQuantizer(nn.Module):
         if self.training:
             with torch.no_grad():
                 self.usage.mul_(self.usage_decay).add_(counts, alpha=1 - self.usage_decay)
-                if self.dead_code_threshold > 0:
+                if self.dead_code_threshold > 0 and self.embedding.weight.requires_grad:  # a frozen codebook stays
                     self._restart_dead_codes(flat.detach())
         info = dict(
             indices=indices.view(B, h, w),

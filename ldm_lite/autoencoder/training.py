@@ -36,7 +36,7 @@ class AutoencoderModule(nn.Module):
         self._reconstructions: torch.Tensor | None = None
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        ae_params = list(self.autoencoder.parameters())
+        ae_params = [p for p in self.autoencoder.parameters() if p.requires_grad]
         if getattr(self.loss, "logvar", None) is not None:
             ae_params.append(self.loss.logvar)
         opts = {"ae": torch.optim.Adam(ae_params, lr=self.lr, betas=self.betas)}
