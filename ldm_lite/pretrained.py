@@ -327,6 +327,23 @@ def _expected_first_stage(manifest: dict) -> dict:
     return dict(f=f, channels=channels, sha256=manifest.get("first_stage_sha256"))
 
 
+def _decoder_fine_tune_of(fs_base: Path, sha256: str, depth: int = 8) -> bool:
+    """True if the autoencoder at ``fs_base`` descends from the weights ``sha256`` through decoder-only fine-tunes
+    (``train-ae --init-from X --train-part decoder``): encoder and quantiser are then bit-identical, so are the latents
+    an LDM was trained on; only the decoder -- how latents become pixels -- changed."""
+    record = (load_manifest(fs_base).get("init_from") or {})
+    for _ in range(depth):
+        if record.get("train_part") != "decoder":
+            return False
+        if record.get("sha256") == sha256:
+            return True
+        try:
+            record = load_manifest(record["name"]).get("init_from") or {}
+        except (FileNotFoundError, KeyError, ValueError):
+            return False
+    return False
+
+
 def check_first_stage(manifest: dict, name: str, first_stage, fs_base: Path | None = None) -> None:
     """Refuse (``FirstStageMismatchError``) a first stage whose f, latent channels or -- loaded from ``fs_base`` --
     weights differ from what the LDM ``name`` was trained with."""
@@ -344,7 +361,7 @@ def check_first_stage(manifest: dict, name: str, first_stage, fs_base: Path | No
         diffs.append(f"{have_c} latent channels instead of {want['channels']}")
     if fs_base is not None and want["sha256"] is not None:
         got = sha256_file(fs_base.with_suffix(".safetensors"))
-        if got != want["sha256"]:
+        if got != want["sha256"] and not _decoder_fine_tune_of(fs_base, want["sha256"]):
             diffs.append(f"other weights (sha256 {got[:16]}..., the LDM was trained on {want['sha256'][:16]}...)")
     if not diffs:
         return

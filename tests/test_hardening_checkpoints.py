@@ -187,6 +187,18 @@ def test_ldm_export_records_and_checks_its_first_stage(tiny_ldm, tmp_path, monke
                     dict(kind="autoencoder", config=tiny_ae().config.to_dict()), force=True)
     with pytest.raises(FirstStageMismatchError, match="other weights"):
         load_ldm(root / "tiny_ldm")
+    # ... unless the new weights are a decoder-only fine-tune of the recorded ones (same encoder, same latents)
+    for part, loads in (("decoder", True), ("all", False)):
+        root = _copy_export(tiny_ldm, tmp_path / f"ft_{part}")
+        save_pretrained(tiny_ae(seed=5), root / "tiny_ldm_first_stage",
+                        dict(kind="autoencoder", config=tiny_ae().config.to_dict(),
+                             init_from=dict(name="tiny_ldm_first_stage", sha256=man["first_stage_sha256"],
+                                            train_part=part)), force=True)
+        if loads:
+            load_ldm(root / "tiny_ldm")
+        else:
+            with pytest.raises(FirstStageMismatchError, match="other weights"):
+                load_ldm(root / "tiny_ldm")
     # an LDM manifest from before the record (the shipped ones were): f and channels come from its ldm section
     root = _copy_export(tiny_ldm, tmp_path / "c")
     legacy = {k: v for k, v in man.items() if not k.startswith("first_stage_")}
@@ -214,7 +226,11 @@ def test_shipped_ldm_manifests_record_their_first_stage(name):
     fs = load_manifest(man["first_stage"])
     assert man["first_stage_f"] == fs["config"]["f"] == man["ldm"]["image_size"] // man["ldm"]["latent_size"][0]
     assert man["first_stage_channels"] == fs["config"]["embed_dim"] == man["unet_config"]["out_channels"]
-    assert man["first_stage_sha256"] == sha256_file(PRETRAINED_DIR / fs["weights"])
+    from ldm_lite.pretrained import _decoder_fine_tune_of
+
+    assert (man["first_stage_sha256"] == sha256_file(PRETRAINED_DIR / fs["weights"])
+            or _decoder_fine_tune_of(PRETRAINED_DIR / man["first_stage"], man["first_stage_sha256"]))
+    load_ldm(name)  # and so it loads
 
 
 # --------------------------------------------------------------------------------------------------

@@ -50,9 +50,7 @@ def test_notebook_runs_at_smoke_scale(path, monkeypatch):
 
 # Notebooks whose committed outputs were produced by `ldm-lite execute-notebook` (DESIGN §9). The older
 # chapters predate the command; add each one here when it is re-executed with it.
-EXECUTED_BY_SCRIPT = ("01_perceptual_autoencoder", "02_diffusion_objective", "03_unet", "04_latent_diffusion",
-                      "05_samplers", "06_cross_attention_conditioning", "07_spatial_conditioning",
-                      "08_evaluation")
+EXECUTED_BY_SCRIPT = tuple(sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9]*.ipynb")))
 
 
 @pytest.mark.parametrize("stem", EXECUTED_BY_SCRIPT)
@@ -64,6 +62,10 @@ def test_committed_outputs_are_laptop_scale_and_say_so(stem):
     assert meta["wall_time_s"] <= 600, f"{stem}: {meta['wall_time_s']} s at laptop scale (budget 600 s)"
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors, f"{stem}: committed outputs contain errors"
+    counts = [c.get("execution_count") for c in nb.cells if c.cell_type == "code" and c.source.strip()]
+    assert None not in counts and counts == sorted(counts), (
+        f"{stem}: code cells were added or edited after the notebook was executed (execution counts {counts}); "
+        f"re-run `ldm-lite execute-notebook notebooks/{stem}.ipynb --scale laptop`")
     frozen = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
               if re.search(r"(?<!\d)0%\|", o.get("text", "") + str(o.get("data", {}).get("text/plain", "")))]
     assert not frozen, f"{stem}: a progress bar frozen at 0/N is committed (execute with ldm-lite execute-notebook)"
