@@ -249,14 +249,14 @@ def make_ae_loss(recipe: AERecipe, perceptual=None):
 
 def _eval_callback(autoencoder, images: torch.Tensor, every: int):
     """A Trainer callback: every ``every`` steps, held-out PSNR/SSIM into the step's logs (and printed)."""
-    from tqdm.auto import tqdm
+    from ldm_lite.progress import write
 
     def callback(trainer, logs):
         if logs["step"] % every == 0 or logs["step"] == trainer.config.max_steps:
             m = evaluate_reconstruction(autoencoder, images)
             logs["val/psnr"], logs["val/ssim"] = m["psnr"], m["ssim"]
             if trainer.config.progress:
-                tqdm.write(f"step {logs['step']}: held-out PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}")
+                write(f"step {logs['step']}: held-out PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}")
 
     return callback
 

@@ -6,12 +6,23 @@ the widget's updates are never saved, so the committed output shows the bar froz
 ``LDM_PROGRESS=summary`` (what ``ldm-lite execute-notebook`` sets) a bar prints nothing while it runs and
 one line when it closes -- ``train: 1500/1500 in 212 s (loss/ldm=0.071)`` -- and transient bars
 (``leave=False``: sampling, encoding) print nothing at all. ``LDM_PROGRESS=off`` silences every bar.
+
+Why a widget bar is frozen at ``0/N`` in a saved notebook: ``tqdm.notebook`` displays its widget once, and that
+``display_data`` carries, besides the widget view, a ``text/plain`` copy of the bar *as it was then* (``0/N``);
+every later update goes to the widget's model as a comm message, never to the output. Renderers without the
+widget's state (GitHub, nbviewer, nbconvert) show the ``text/plain`` copy. So in ``auto`` mode a notebook bar here
+is displayed with a display id and re-sent when it closes: the saved ``text/plain`` reads the final count
+(``train: 100%|██████████| 1500/1500 ...``, or where it stopped), and a transient bar leaves an empty output
+instead of a frozen one. Widget updates are cheap: 1,500 iterations with ``set_postfix`` each send ~1,600 small
+comm messages, which nbclient handles in ~30 ms in total (measured for issue 13 item 8), so no rate limit
+beyond tqdm's own ``mininterval`` is needed.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import sys
 
 from tqdm.std import tqdm as _std_tqdm
 
@@ -53,4 +64,68 @@ def progress(iterable=None, **kwargs):
         return _SummaryBar(iterable, **kwargs)
     from tqdm.auto import tqdm
 
+    notebook = sys.modules.get("tqdm.notebook")  # imported by tqdm.auto only when it chose the widget bar
+    if notebook is not None and isinstance(tqdm, type) and issubclass(tqdm, notebook.tqdm_notebook):
+        return _lasting_notebook_bar()(iterable, **kwargs)
     return tqdm(iterable, **kwargs)
+
+
+def write(message: str) -> None:
+    """Print a line next to running bars: ``tqdm.write`` in ``auto`` mode (it does not break a terminal bar),
+    ``print`` otherwise. Use it instead of importing ``tqdm.auto`` for its ``write``."""
+    if mode() == "auto":
+        from tqdm.auto import tqdm
+
+        tqdm.write(message)
+    else:
+        print(message, flush=True)
+
+
+_NOTEBOOK_BAR = None
+
+
+def _lasting_notebook_bar():
+    """The notebook widget bar, displayed with a display id and re-sent on close (class made once, lazily:
+    importing ``tqdm.notebook`` imports ipywidgets)."""
+    global _NOTEBOOK_BAR
+    if _NOTEBOOK_BAR is not None:
+        return _NOTEBOOK_BAR
+    from tqdm.notebook import tqdm_notebook
+
+    class LastingNotebookBar(tqdm_notebook):
+        """``tqdm.notebook.tqdm`` whose saved ``text/plain`` shows the final count, not ``0/N`` (module docstring)."""
+
+        def __init__(self, *args, **kwargs):
+            self._handle = None
+            kwargs["display"] = False  # displayed below, with a display id
+            super().__init__(*args, **kwargs)
+            if not self.disable and self.delay <= 0:
+                self._show()
+
+        def _show(self):
+            from IPython.display import display
+
+            self._handle = display(self.container, display_id=True)  # None outside IPython
+            self.displayed = True
+
+        def display(self, *args, check_delay=True, **kwargs):
+            super().display(*args, check_delay=False, **kwargs)
+            if check_delay and self.delay > 0 and not self.displayed:
+                self._show()
+
+        def close(self):
+            if self.disable:  # disabled, or closed already
+                return super().close()
+            super().close()
+            handle, self._handle = getattr(self, "_handle", None), None
+            if handle is None:
+                return
+            if self.leave or (self.total and self.n < self.total):  # kept, or stopped early: show where
+                bundle = dict(self.container._repr_mimebundle_() or {})
+                bundle["text/plain"] = self.container.__repr__(True)  # in full (ipywidgets cuts it at 110)
+                handle.update(bundle, raw=True)
+            else:  # a finished transient bar: nothing, rather than a bar frozen at 0/N
+                handle.update({"text/plain": ""}, raw=True)
+
+    _NOTEBOOK_BAR = LastingNotebookBar
+    return _NOTEBOOK_BAR
