@@ -35,15 +35,27 @@ def test_notebook_runs_at_smoke_scale(path, monkeypatch):
     # as `ldm-lite execute-notebook` runs them: text summaries instead of tqdm's widget bars, which nothing
     # renders in a headless kernel (a CI run once stalled ~10 min in notebook 02 with widget bars on)
     monkeypatch.setenv("LDM_PROGRESS", "summary")
-    nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(
-        nb,
-        timeout=600,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(path.parent)}},
-    )
-    start = time.perf_counter()
-    client.execute()
+    from nbclient.exceptions import CellTimeoutError
+
+    # A kernel and nbclient have twice been seen waiting on each other, both idle, for the whole cell timeout
+    # (once in notebook 02, once at the end of session 7; cause not found, issue 13 item 8). No smoke cell takes
+    # more than a minute, so a cell that takes 240 s is that stall: run the notebook once more in a fresh kernel.
+    for attempt in (1, 2):
+        nb = nbformat.read(path, as_version=4)
+        client = NotebookClient(
+            nb,
+            timeout=240,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(path.parent)}},
+        )
+        start = time.perf_counter()
+        try:
+            client.execute()
+        except CellTimeoutError:
+            if attempt == 2:
+                raise
+            continue
+        break
     elapsed = time.perf_counter() - start
     assert elapsed <= BUDGET_S, f"{path.name} took {elapsed:.0f} s at smoke scale (budget {BUDGET_S:.0f} s)"
 
