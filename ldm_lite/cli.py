@@ -561,9 +561,9 @@ def _run_execute_notebook(args) -> dict:
 
     import nbformat
     import torch
-    from nbclient import NotebookClient
 
     from ldm_lite.io import atomic_write
+    from ldm_lite.notebook_exec import notebook_client
 
     done = {}
     for path in map(Path, args.notebooks):
@@ -577,8 +577,8 @@ def _run_execute_notebook(args) -> dict:
         os.environ["LDM_PROGRESS"] = "summary"
         try:
             t0 = time.perf_counter()
-            NotebookClient(nb, timeout=args.timeout, kernel_name="python3",
-                           resources={"metadata": {"path": str(path.parent)}}).execute()
+            notebook_client(nb, timeout=args.timeout, kernel_name="python3",  # cannot stall on a lost reply
+                            resources={"metadata": {"path": str(path.parent)}}).execute()
             wall = time.perf_counter() - t0
         finally:
             for k, v in old.items():
@@ -618,6 +618,11 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_inpaint(sub)
     _add_train_evaluator(sub)
     _add_execute_notebook(sub)
+    p = sub.add_parser("set-first-stage",
+                       help="make an exported LDM decode with a decoder-only fine-tune of its first stage (chapter 01)")
+    p.add_argument("--model", required=True, help="the LDM: a name under data/pretrained/ or a path")
+    p.add_argument("--first-stage", required=True,
+                   help="an autoencoder made by `train-ae --init-from <the LDM's first stage> --train-part decoder`")
     sub.add_parser("list-pretrained", help="list the checkpoints shipped in data/pretrained/")
     return parser
 
@@ -640,6 +645,11 @@ def _dispatch(args) -> None:
         _run_train_evaluator(args)
     elif args.command == "execute-notebook":
         _run_execute_notebook(args)
+    elif args.command == "set-first-stage":
+        from ldm_lite.pretrained import set_first_stage
+
+        man = set_first_stage(args.model, args.first_stage)
+        print(f"{args.model} now decodes with {man['first_stage']} (trained on {man['first_stage_trained_on']})")
     elif args.command == "list-pretrained":
         from ldm_lite.pretrained import list_pretrained
 

@@ -379,6 +379,46 @@ def check_first_stage(manifest: dict, name: str, first_stage, fs_base: Path | No
     )
 
 
+def set_first_stage(ldm, autoencoder) -> dict:
+    """Make the exported LDM ``ldm`` decode with ``autoencoder`` from now on (its manifest's ``first_stage``).
+
+    Only a *decoder-only* fine-tune of the first stage the LDM was trained on is accepted (``ldm-lite train-ae
+    --init-from X --train-part decoder``): its encoder is bit-identical, so the latents the LDM learned are
+    unchanged and only how they become pixels improves -- no retraining. Anything else raises
+    :class:`FirstStageMismatchError` and leaves the manifest as it was. The first name the LDM used is kept
+    as ``first_stage_trained_on``; the sha256 it was trained on is not touched. Returns the new manifest.
+    """
+    from ldm_lite.io import atomic_write, sha256_file, shown_path
+
+    base = resolve(ldm)
+    manifest = load_manifest(base)
+    if manifest.get("kind") != "ldm":
+        raise ValueError(f"{ldm!r} is a {manifest.get('kind')!r} checkpoint, not an LDM (kind='ldm')")
+    if manifest.get("first_stage") in (None, "pixel"):
+        raise ValueError(f"{ldm!r} has no exported first stage ({manifest.get('first_stage')!r}) to replace")
+    if not manifest.get("first_stage_sha256"):
+        raise ValueError(f"{shown_path(base.with_suffix('.json'))} does not record the sha256 of the first stage it "
+                         "was trained on, so no other decoder can be checked against it; export the LDM again")
+    fs_base = resolve(autoencoder)
+    ae = load_autoencoder(fs_base)  # not an autoencoder: ValueError
+    want = manifest["first_stage_sha256"]
+    if sha256_file(fs_base.with_suffix(".safetensors")) != want and not _decoder_fine_tune_of(fs_base, want):
+        trained_on = manifest.get("first_stage_trained_on", manifest["first_stage"])
+        raise FirstStageMismatchError(
+            f"{shown_path(fs_base.with_suffix('.json'))} is not a decoder-only fine-tune of {trained_on!r}, the first "
+            f"stage {base.name!r} was trained on (sha256 {want[:16]}...): its encoder may differ, and with it the "
+            f"latents, so the LDM would have to be retrained. Nothing was changed. Fine-tune a decoder with "
+            f"`ldm-lite train-ae --init-from {trained_on} --train-part decoder ...`, or train a new LDM on this "
+            f"autoencoder (ldm-lite train-ldm --first-stage {fs_base.name} ... --export NEW_NAME)")
+    check_first_stage(manifest, base.name, ae)  # f and latent channels
+    near = fs_base.parent.resolve() in (base.parent.resolve(), PRETRAINED_DIR)
+    name = fs_base.name if near else str(fs_base)
+    new = dict(manifest, first_stage=name)
+    new.setdefault("first_stage_trained_on", manifest["first_stage"])
+    atomic_write(base.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(new, indent=2) + "\n"))
+    return new
+
+
 def load_ldm(name_or_path, device="cpu", first_stage=None, cond_stage=None):
     """Rebuild an exported :class:`~ldm_lite.ldm.LatentDiffusion` (manifest ``kind="ldm"``) in eval mode.
 

@@ -199,6 +199,30 @@ def test_ldm_export_records_and_checks_its_first_stage(tiny_ldm, tmp_path, monke
         else:
             with pytest.raises(FirstStageMismatchError, match="other weights"):
                 load_ldm(root / "tiny_ldm")
+    # set_first_stage: an LDM switches to a decoder-only fine-tune saved beside it; anything else is refused untouched
+    from ldm_lite.pretrained import set_first_stage
+
+    root = _copy_export(tiny_ldm, tmp_path / "switch")
+    for part in ("decoder", "all"):
+        save_pretrained(tiny_ae(seed=6), root / f"ae_{part}",
+                        dict(kind="autoencoder", config=tiny_ae().config.to_dict(),
+                             init_from=dict(name="tiny_ldm_first_stage", sha256=man["first_stage_sha256"],
+                                            train_part=part)))
+    before = (root / "tiny_ldm.json").read_text()
+    with pytest.raises(FirstStageMismatchError, match="ae_all.json is not a decoder-only fine-tune of "
+                                                      "'tiny_ldm_first_stage'.*Nothing was changed.*--train-part decoder"):
+        set_first_stage(root / "tiny_ldm", root / "ae_all")
+    assert (root / "tiny_ldm.json").read_text() == before
+    with pytest.raises(ValueError, match="not an LDM"):
+        set_first_stage(root / "ae_decoder", root / "ae_decoder")
+    new = set_first_stage(root / "tiny_ldm", root / "ae_decoder")
+    assert new["first_stage"] == "ae_decoder" and new["first_stage_trained_on"] == "tiny_ldm_first_stage"
+    assert new["first_stage_sha256"] == man["first_stage_sha256"]
+    switched = load_ldm(root / "tiny_ldm")
+    z = torch.randn(1, switched.first_stage.embed_dim, 4, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(switched.first_stage.decode(z), load_autoencoder(root / "ae_decoder").decode(z))
+
     # an LDM manifest from before the record (the shipped ones were): f and channels come from its ldm section
     root = _copy_export(tiny_ldm, tmp_path / "c")
     legacy = {k: v for k, v in man.items() if not k.startswith("first_stage_")}

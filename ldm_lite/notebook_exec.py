@@ -1,0 +1,66 @@
+"""Headless notebook execution that cannot stall on a lost ZeroMQ wake-up (``ldm-lite execute-notebook`` and
+the notebook tests use it).
+
+The stall it prevents (issue 13, item 8): nbclient waits for a cell's ``execute_reply`` with
+``await socket.poll(timeout)`` on the shell socket. When a cell displays an ``ipywidgets.Output`` widget (every
+``interact``), nbclient also *sends* on that socket -- it mirrors the widget's captured outputs back to the kernel
+as a ``comm_msg`` -- and a send on a ZeroMQ socket processes its pending commands, which can consume the
+edge-triggered "readable" notification of a reply that arrived at the same moment. The reply then sits in the
+socket while the poll waits for an edge that never comes: kernel and client both idle, until the cell timeout.
+(jupyter_client's ``Session.send`` sends on a plain shadow of the asyncio socket, so ``zmq.asyncio`` never learns
+that it must look again.) Measured here: notebook 02 at smoke scale stalled in its ``interact`` cell in 4 of about
+10 runs on a busy machine (ipykernel 7.4, jupyter_client 8.10, pyzmq 27.3); a new connection to the stalled kernel
+was answered at once while the stalled client did not move, so the reply was stuck on the client's side. The
+stall ends only when the cell's timeout runs out -- the poll then finds the reply after all -- or, with a long
+timeout, looks like a hang. ``tests/test_notebook_exec.py`` reproduces it in a few lines.
+
+The fix: poll in slices of at most ``POLL_SLICE_S`` seconds. When a slice ends, the socket's own event flags are
+read (``ZMQ_EVENTS``), and they report the message whose wake-up was lost: it is delivered within one slice.
+"""
+
+from __future__ import annotations
+
+import time
+import typing as t
+from queue import Empty
+
+import zmq
+from jupyter_client.asynchronous.client import AsyncKernelClient
+from jupyter_client.channels import AsyncZMQSocketChannel
+from jupyter_client.manager import AsyncKernelManager
+from traitlets import DottedObjectName, Type
+
+__all__ = ["PatientKernelManager", "notebook_client", "POLL_SLICE_S"]
+
+POLL_SLICE_S = 1.0
+
+
+class _PatientChannel(AsyncZMQSocketChannel):
+    async def get_msg(self, timeout: float | None = None) -> dict[str, t.Any]:  # type: ignore[override]
+        assert self.socket is not None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = POLL_SLICE_S if deadline is None else max(0.0, min(POLL_SLICE_S, deadline - time.monotonic()))
+            # a poll that times out reads the socket's own event flags (ZMQ_EVENTS) before it returns, and those
+            # report a message whose wake-up was lost; the explicit check below says so in code as well
+            if await self.socket.poll(int(left * 1000)) or self.socket.get(zmq.EVENTS) & zmq.POLLIN:
+                return await self._recv()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise Empty
+
+
+class PatientKernelClient(AsyncKernelClient):
+    shell_channel_class = Type(_PatientChannel)
+    iopub_channel_class = Type(_PatientChannel)
+
+
+class PatientKernelManager(AsyncKernelManager):
+    client_class = DottedObjectName("ldm_lite.notebook_exec.PatientKernelClient")
+    client_factory = Type(klass=PatientKernelClient)
+
+
+def notebook_client(nb, **kwargs):
+    """An ``nbclient.NotebookClient`` for ``nb`` whose kernel client cannot miss a reply (see the module doc)."""
+    from nbclient import NotebookClient
+
+    return NotebookClient(nb, kernel_manager_class=PatientKernelManager, **kwargs)
