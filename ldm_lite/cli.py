@@ -341,7 +341,8 @@ def _run_sample(args) -> dict:
                         seconds=summary["seconds"], threads=torch.get_num_threads(),
                         command="ldm-lite " + " ".join(shlex.quote(a) for a in args.argv),
                         model_manifest={k: v for k, v in _manifest_of(args.model).items()
-                                        if k in ("steps", "wall_time_s", "metrics", "command")})
+                                        if k in ("steps", "wall_time_s", "metrics", "command", "first_stage",
+                                                 "first_stage_trained_on")})
         atomic_write(out.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2) + "\n"))
     print(json.dumps(summary, indent=2))
     return summary
