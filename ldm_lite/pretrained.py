@@ -415,6 +415,8 @@ def set_first_stage(ldm, autoencoder) -> dict:
     name = fs_base.name if near else str(fs_base)
     new = dict(manifest, first_stage=name)
     new.setdefault("first_stage_trained_on", manifest["first_stage"])
+    if "measured" in manifest:  # image-space numbers were decoded by the old first stage: say so, keep them
+        new.setdefault("measured_with_first_stage", manifest["first_stage"])
     atomic_write(base.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(new, indent=2) + "\n"))
     return new
 

@@ -217,8 +217,12 @@ def test_ldm_export_records_and_checks_its_first_stage(tiny_ldm, tmp_path, monke
         set_first_stage(root / "ae_decoder", root / "ae_decoder")
     new = set_first_stage(root / "tiny_ldm", root / "ae_decoder")
     assert new["first_stage"] == "ae_decoder" and new["first_stage_trained_on"] == "tiny_ldm_first_stage"
-    assert new["first_stage_sha256"] == man["first_stage_sha256"]
+    assert new["first_stage_sha256"] == man["first_stage_sha256"] and "measured_with_first_stage" not in new
     switched = load_ldm(root / "tiny_ldm")
+    # image-space numbers in a manifest were decoded by the old first stage: the switch records which one
+    m = json.loads(before)
+    (root / "tiny_ldm.json").write_text(json.dumps(dict(m, measured={"psnr": 20.0})))
+    assert set_first_stage(root / "tiny_ldm", root / "ae_decoder")["measured_with_first_stage"] == "tiny_ldm_first_stage"
     z = torch.randn(1, switched.first_stage.embed_dim, 4, 4)
     with torch.no_grad():
         torch.testing.assert_close(switched.first_stage.decode(z), load_autoencoder(root / "ae_decoder").decode(z))
