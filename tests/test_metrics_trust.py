@@ -107,6 +107,20 @@ def test_bootstrap_intervals_contain_the_estimate_and_shrink_with_n():
     assert widths[1] < widths[0] / 2
 
 
+def test_interval_of_one_metric_equals_the_full_call():
+    """metrics=("kid",) skips FID and precision/recall but draws the same resamples: the same KID and interval."""
+    rng = np.random.default_rng(6)
+    real, fake = rng.normal(size=(80, 8)), rng.normal(size=(50, 8)) + 0.3
+    full = M.set_metrics_with_intervals(real, fake, n_boot=20)
+    kid_only = M.set_metrics_with_intervals(real, fake, n_boot=20, metrics=("kid",))
+    assert set(kid_only) == {"kid", "n_real", "n_fake", "n_boot"}
+    assert kid_only["kid"] == full["kid"]
+    assert M.set_metrics_with_intervals(real, fake, n_boot=5, metrics="recall")["recall"] == \
+        M.set_metrics_with_intervals(real, fake, n_boot=5)["recall"]
+    with pytest.raises(ValueError, match="metrics must name some of fid, kid"):
+        M.set_metrics_with_intervals(real, fake, metrics=("KID",))
+
+
 def test_bootstrap_interval_of_a_proportion():
     lo, hi = M.bootstrap_interval(np.r_[np.ones(80), np.zeros(20)], n_boot=2000)
     assert lo < 0.8 < hi and 0.05 < hi - lo < 0.25  # binomial: 1.96 * 0.04 * 2 = 0.157

@@ -289,9 +289,12 @@ def bootstrap_interval(values: Any, stat=np.mean, n_boot: int = 1000, seed: int 
     return float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a))
 
 
+SET_METRICS = ("fid", "kid", "precision", "recall")
+
+
 def set_metrics_with_intervals(real_feats: Any, fake_feats: Any, n_boot: int = 100, k: int = 3,
                                kid_subsets: int = 50, kid_subset_size: int = 1000, seed: int = 0,
-                               level: float = 0.95) -> dict:
+                               level: float = 0.95, metrics: Any = SET_METRICS) -> dict:
     """FID, KID and precision / recall of two feature sets, each with a bootstrap interval.
 
     The interval resamples *both* sets with replacement ``n_boot`` times and recomputes every metric: it
@@ -306,18 +309,35 @@ def set_metrics_with_intervals(real_feats: Any, fake_feats: Any, n_boot: int = 1
       interval is the bootstrap's spread placed around the estimate: ``(F - (m - q_lo), F + (q_hi - m))``
       with ``m`` the bootstrap median; the others use the percentile interval.
 
-    Returns ``{"fid": dict(value, ci95), "kid": ..., "precision": ..., "recall": ..., "n_real", "n_fake"}``.
+    ``metrics`` picks which of ``"fid", "kid", "precision", "recall"`` to compute (default all; precision
+    and recall come as a pair). The resamples and KID's subsets do not depend on the choice, so
+    ``metrics=("kid",)`` returns exactly the KID of the full call, in a fifth of the time.
+
+    Returns ``{"fid": dict(value, ci95), "kid": ..., "precision": ..., "recall": ..., "n_real", "n_fake"}``
+    (the metrics asked for).
     """
+    if isinstance(metrics, str):
+        metrics = (metrics,)
+    unknown = [m for m in metrics if m not in SET_METRICS]
+    if unknown or not metrics:
+        raise ValueError(f"metrics must name some of {', '.join(SET_METRICS)}; got {list(metrics)!r}")
+    want_pr = "precision" in metrics or "recall" in metrics
     r, g = _as_features(real_feats, "real_feats", min_n=k + 2), _as_features(fake_feats, "fake_feats", min_n=k + 2)
     if r.shape[1] != g.shape[1]:
         raise ValueError(f"feature dimensions differ: {r.shape[1]} and {g.shape[1]}")
 
     def all_metrics(a, b, s, dedup=True):
         ua, ub = (np.unique(a, axis=0), np.unique(b, axis=0)) if dedup else (a, b)
-        kid_val = (kid_from_features(ua, ub, num_subsets=kid_subsets, subset_size=kid_subset_size, seed=s)[0]
-                   if min(len(ua), len(ub)) >= 2 else float("nan"))
-        p, rc = precision_recall(ua, ub, k=k) if min(len(ua), len(ub)) >= k + 1 else (float("nan"),) * 2
-        return dict(fid=fid_from_features(a, b), kid=kid_val, precision=p, recall=rc)
+        out = {}
+        if "fid" in metrics:
+            out["fid"] = fid_from_features(a, b)
+        if "kid" in metrics:
+            out["kid"] = (kid_from_features(ua, ub, num_subsets=kid_subsets, subset_size=kid_subset_size, seed=s)[0]
+                          if min(len(ua), len(ub)) >= 2 else float("nan"))
+        if want_pr:
+            p, rc = precision_recall(ua, ub, k=k) if min(len(ua), len(ub)) >= k + 1 else (float("nan"),) * 2
+            out.update({m: v for m, v in (("precision", p), ("recall", rc)) if m in metrics})
+        return out
 
     point = all_metrics(r, g, seed, dedup=False)  # the estimate itself: the sets as given
     rng = np.random.default_rng(seed)
