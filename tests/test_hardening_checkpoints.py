@@ -261,6 +261,18 @@ def test_shipped_ldm_manifests_record_their_first_stage(name):
     load_ldm(name)  # and so it loads
 
 
+@pytest.mark.parametrize("name", [m["name"] for m in list_pretrained()])
+def test_shipped_manifest_commands_rebuild_the_file_under_its_own_name(name):
+    """A manifest's "command" is how a reader re-creates this file: it must export under this file's name."""
+    import re
+    import shlex
+
+    cmd = load_manifest(name)["command"]
+    assert cmd.startswith("ldm-lite "), cmd
+    exports = re.findall(r"--export (\S+)", cmd)
+    assert [Path(shlex.split(e)[0]).name for e in exports] == [name], f"{name}: command exports {exports}"
+
+
 # --------------------------------------------------------------------------------------------------
 # Case 5: resume refuses settings that break an exact continuation; NaN weights are never saved or resumed
 # --------------------------------------------------------------------------------------------------
