@@ -107,6 +107,18 @@ def test_bootstrap_intervals_contain_the_estimate_and_shrink_with_n():
     assert widths[1] < widths[0] / 2
 
 
+def test_fid_interval_never_goes_below_zero():
+    """Near-perfect reconstructions (the rFID case): FID is near 0 and the bootstrap's spread, placed around it,
+    would reach far below 0 -- the interval is cut at 0 instead."""
+    rng = np.random.default_rng(7)
+    real = rng.normal(size=(100, 8))
+    fake = real + 0.05 * rng.normal(size=(100, 8))
+    r = M.set_metrics_with_intervals(real, fake, n_boot=40, metrics=("fid", "kid"))
+    lo, hi = r["fid"]["ci95"]
+    assert lo == 0.0 <= r["fid"]["value"] <= hi, r["fid"]
+    assert r["kid"]["ci95"][0] < 0  # KID is unbiased and may go negative: its interval is not cut
+
+
 def test_interval_of_one_metric_equals_the_full_call():
     """metrics=("kid",) skips FID and precision/recall but draws the same resamples: the same KID and interval."""
     rng = np.random.default_rng(6)

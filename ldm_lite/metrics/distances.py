@@ -307,7 +307,8 @@ def set_metrics_with_intervals(real_feats: Any, fake_feats: Any, n_boot: int = 1
     * FID is biased upwards by a bootstrap resample (fewer distinct points, noisier covariance), so the
       plain percentile interval would sit above the estimate, sometimes without containing it. FID's
       interval is the bootstrap's spread placed around the estimate: ``(F - (m - q_lo), F + (q_hi - m))``
-      with ``m`` the bootstrap median; the others use the percentile interval.
+      with ``m`` the bootstrap median, cut at 0 (FID is a squared distance; the shift alone can cross 0 for
+      near-identical sets); the others use the percentile interval.
 
     ``metrics`` picks which of ``"fid", "kid", "precision", "recall"`` to compute (default all; precision
     and recall come as a pair). The resamples and KID's subsets do not depend on the choice, so
@@ -354,7 +355,9 @@ def set_metrics_with_intervals(real_feats: Any, fake_feats: Any, n_boot: int = 1
         lo, hi = float(np.nanquantile(boots[key], a)), float(np.nanquantile(boots[key], 1 - a))
         if key == "fid":
             med = float(np.nanmedian(boots[key]))
-            lo, hi = point[key] - (med - lo), point[key] + (hi - med)
+            # a squared distance cannot be negative: the shifted interval is cut at 0 (KID, an unbiased
+            # estimate of MMD^2, can be, and is left alone)
+            lo, hi = max(point[key] - (med - lo), 0.0), point[key] + (hi - med)
         # with few resamples a percentile interval can miss its own estimate: never report one that does
         lo, hi = min(lo, point[key]), max(hi, point[key])
         out[key] = dict(value=point[key], ci95=(lo, hi))
