@@ -119,6 +119,18 @@ def test_fid_interval_never_goes_below_zero():
     assert r["kid"]["ci95"][0] < 0  # KID is unbiased and may go negative: its interval is not cut
 
 
+def test_streamed_fid_interval_never_goes_below_zero():
+    """quality_report on a stream (FID from all its moments, the interval from the kept rows) is cut at 0 too."""
+    rng = np.random.default_rng(7)
+    ref = rng.normal(size=(100, 8))
+    stream = M.StreamingFeatureStats(keep=100)
+    for _ in range(3):
+        stream.update(ref + 0.05 * rng.normal(size=ref.shape))
+    ext = M.get_feature_extractor("random-vgg", announce=False, width=0.25)
+    fid = M.quality_report(stream, ref, extractor=ext, n_boot=20)["samples"]["fid"]
+    assert fid["ci95"][0] == 0.0 <= fid["value"] <= fid["ci95"][1], fid
+
+
 def test_interval_of_one_metric_equals_the_full_call():
     """metrics=("kid",) skips FID and precision/recall but draws the same resamples: the same KID and interval."""
     rng = np.random.default_rng(6)

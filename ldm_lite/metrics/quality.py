@@ -193,7 +193,8 @@ def quality_report(samples: Any, reference: Any, train: Any = None, extractor: A
         # it (wider than the stream's own: conservative). KID and precision / recall use the subsample.
         full = frechet_distance(samples.mean, samples.cov, *feature_statistics(ref))
         lo, hi = scores["fid"]["ci95"]
-        scores["fid"] = dict(value=full, ci95=(full - (scores["fid"]["value"] - lo), full + (hi - scores["fid"]["value"])),
+        scores["fid"] = dict(value=full, ci95=(max(full - (scores["fid"]["value"] - lo), 0.0),
+                                             full + (hi - scores["fid"]["value"])),
                              note=f"moments of all {samples.n}; interval and KID / P / R from {len(fake)} kept rows")
         n_samples = samples.n
     out = dict(feature=ext.name, is_substitute=ext.is_substitute, n_samples=n_samples, n_reference=len(ref),
