@@ -314,7 +314,7 @@ def test_config_roundtrip_and_shape_trace():
 # ----------------------------------------------------------------------------------------------
 # the paper's configurations, and diffusers as an oracle
 # ----------------------------------------------------------------------------------------------
-# N_params reported in the paper (App. E, Tab. 13 unconditional; Tab. 3 ImageNet LDM-4; the f-ablation
+# N_params reported in the paper (App. E, Tab. 12 unconditional; Tab. 3 ImageNet LDM-4; the f-ablation
 # models of Sec. 4.1 are "391-395M"). Printed, not asserted: the paper rounds and its text-to-image number
 # (1.45B) includes the 32-layer text transformer.
 PAPER_NPARAMS = {
@@ -337,7 +337,7 @@ def test_paper_configs_on_meta_device_match_diffusers_parameter_counts(name):
     print(f"{name}: ours {n_ours:,}  diffusers {cls_name} {n_ref:,}  paper {PAPER_NPARAMS[name]}")
     assert n_ours == n_ref
     if name == "celebahq-ldm-vq-4":
-        assert round(n_ours / 1e6) == 274  # App. E, Tab. 13
+        assert round(n_ours / 1e6) == 274  # App. E, Tab. 12
     if name == "stable-diffusion-v1":
         assert n_ours == 859_520_964
 

@@ -18,7 +18,7 @@ A UNet (Ronneberger et al.) in the ADM variant (Dhariwal & Nichol) with the LDM 
 
 Argument names and module names are those of ``openaimodel.py`` in the CompVis code
 (``input_blocks``, ``middle_block``, ``output_blocks``, ``out``, ``time_embed``, ``label_emb``), so its
-checkpoints map onto this model key by key. The paper's UNet hyper-parameters (App. E, Tab. 13-15)
+checkpoints map onto this model key by key. The paper's UNet hyper-parameters (App. E, Tab. 12-15)
 are in :data:`PAPER_CONFIGS`.
 """
 
@@ -530,11 +530,11 @@ def diffusers_equivalent(config: UNetConfig) -> tuple[str, dict]:
 # The paper's UNets (App. E) as configs. Source: the configs of CompVis/latent-diffusion.
 # ----------------------------------------------------------------------------------------------
 PAPER_CONFIGS: dict[str, UNetConfig] = {
-    # Tab. 13 (unconditional): CelebA-HQ / FFHQ / LSUN-Bedrooms 256², LDM-4 on a VQ-f4 latent 64×64×3.
+    # Tab. 12 (unconditional): CelebA-HQ / FFHQ / LSUN-Bedrooms 256², LDM-4 on a VQ-f4 latent 64×64×3.
     "celebahq-ldm-vq-4": UNetConfig(
         in_channels=3, out_channels=3, model_channels=224, channel_mult=(1, 2, 3, 4), num_res_blocks=2,
         attention_resolutions=(8, 4, 2), num_head_channels=32, use_spatial_transformer=False),
-    # Tab. 13: LSUN-Churches 256², LDM-8 on a KL-f8 latent 32×32×4.
+    # Tab. 12: LSUN-Churches 256², LDM-8 on a KL-f8 latent 32×32×4.
     "lsun_churches-ldm-kl-8": UNetConfig(
         in_channels=4, out_channels=4, model_channels=192, channel_mult=(1, 2, 2, 4, 4), num_res_blocks=2,
         attention_resolutions=(1, 2, 4, 8), num_heads=8, use_scale_shift_norm=True, resblock_updown=True,
