@@ -49,7 +49,7 @@ class EvaluatorRecipe:
     eval_n: int | None = None     # held-out images for the final measurement: None = 1,000 shapes renders /
                                   # all 10,000 Fashion-MNIST test images
     seed: int = 0
-    ae: str | None = None         # autoencoder whose reconstructions join the augmentations
+    ae: str | None = None         # autoencoder whose reconstructions join the augmentations (shapes-attributes)
     ae_prob: float = 0.25
     config: dict = field(default_factory=dict)
 
@@ -70,6 +70,12 @@ class EvaluatorRecipe:
             raise ValueError(f"ae_prob must lie in [0, 1], got {self.ae_prob!r}")
         if self.network == "openmoji-simclr" and self.batch_size < 8:
             raise ValueError("SimCLR needs batches of at least 8 emoji (the other emoji are its negatives)")
+        if self.ae is not None and self.network != "shapes-attributes":
+            raise ValueError(f"ae (reconstructions among the augmentations) is used only by network "
+                             f"'shapes-attributes'; {self.network!r} would ignore it")
+        if self.eval_n is not None and self.network == "openmoji-simclr":
+            raise ValueError("eval_n is not used by network 'openmoji-simclr': its held-out retrieval searches all "
+                             "held-out emoji")
 
 
 def _lr_at(step: int, recipe: EvaluatorRecipe) -> float:
@@ -209,6 +215,10 @@ def train_evaluator(recipe: EvaluatorRecipe, export: str | None = None, progress
     from ldm_lite.progress import progress as tqdm
 
     path = check_export_target(export, force) if export else None
+    if recipe.ae is not None:  # a missing name or another kind of checkpoint is found before any work
+        from ldm_lite.experiments import check_checkpoint
+
+        check_checkpoint(recipe.ae, "autoencoder", f"ae={recipe.ae!r}")
     torch.manual_seed(recipe.seed)
     g = torch.Generator().manual_seed(recipe.seed)
     model = build_evaluator(recipe.network, **recipe.config)

@@ -25,38 +25,72 @@ DATASETS = ("openmoji", "shapes", "fashion", "photos")
 
 
 def load_dataset(name: str, size: int, split: str = "train", seed: int = 0, length: int | None = None,
-                 holdout: Sequence[str] = ()):
-    """A dataset by name -- ``openmoji``, ``shapes``, ``fashion``, ``photos`` -- or a folder path.
+                 holdout: Sequence[str] = (), captions=None):
+    """A dataset by name -- ``openmoji``, ``shapes``, ``fashion``, ``photos`` -- a mixture such as
+    ``"shapes+fashion@32"``, or a folder path.
 
     ``split`` is ``"train"`` or ``"test"`` (held out: OpenMoji's fixed 10 %, Fashion-MNIST's test set,
     another seed of shapes / photo crops). Every sample is a dict with ``image`` in [-1, 1].
-    ``holdout`` (shapes only): ``"colour shape"`` pairs, e.g. ``("purple triangle", "green cross")``, that
-    never appear in the training split (the test split keeps them, to test new compositions).
+    ``length``: how many images procedural data (shapes, photo crops) generate; None = their default
+    (50,000 shapes / 4,000 crops for training). ``holdout`` (shapes, and the shapes parts of a mixture):
+    ``"colour shape"`` pairs, e.g. ``("purple triangle", "green cross")``, that never appear in the training
+    split (the test split keeps them, to test new compositions). ``captions`` (an image folder only): a captions
+    file (``.jsonl`` / ``.csv``, see :mod:`ldm_lite.data.folder`) or a dict; the built-in datasets bring their own.
     """
     from ldm_lite import data
 
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if length is not None and (not isinstance(length, int) or isinstance(length, bool) or length < 1):
+        raise ValueError(f"length (the number of images to generate) must be at least 1, got {length!r}; "
+                         "None gives the dataset's default")
+    pairs = parse_holdout(holdout)
     if "+" in name:
-        return _load_mixture(name, size, split, seed, length)
+        if captions is not None:
+            raise ValueError(f"captions are for an image folder; the mixture {name!r} keeps only images")
+        return _load_mixture(name, size, split, seed, length, pairs)
+    if pairs and name != "shapes":
+        raise ValueError(f"holdout pairs need (colour, shape) labels: use data 'shapes' or a mixture with a shapes "
+                         f"part (e.g. 'shapes+fashion'); {name!r} has no such labels")
+    if captions is not None and name in DATASETS:
+        raise ValueError(f"captions files are for image folders; {name!r} brings its own captions")
     if name == "openmoji":
         return data.load_openmoji(size=size, split=split)
-    pairs = parse_holdout(holdout)
-    if pairs and name != "shapes":
-        raise ValueError(f"holdout pairs are a ShapesDataset option; {name!r} has no (colour, shape) labels")
     if name == "shapes":
-        return data.ShapesDataset(size=size, length=length or (50_000 if split == "train" else 1_000),
+        return data.ShapesDataset(size=size, length=length if length is not None else (50_000 if split == "train"
+                                                                                        else 1_000),
                                   seed=seed if split == "train" else seed + 10_000,
                                   holdout=pairs if split == "train" else ())
     if name == "fashion":
         return data.load_fashion_mnist(split, size=size, channels=3)
     if name == "photos":
-        return data.load_photo_crops(size=size, n=length or (4_000 if split == "train" else 256),
+        return data.load_photo_crops(size=size, n=length if length is not None else (4_000 if split == "train"
+                                                                                     else 256),
                                      seed=seed if split == "train" else seed + 10_000)
-    path = Path(name)
+    path = Path(name).expanduser()
     if path.is_dir():
-        return data.ImageFolderDataset(path, size=size, split=split)
-    raise ValueError(f"unknown dataset {name!r}: use one of {DATASETS} or the path of an image folder")
+        return data.ImageFolderDataset(path, size=size, split=split, captions=captions)
+    raise _no_such_dataset(name)
+
+
+def _no_such_dataset(name: str) -> Exception:
+    """The error for a dataset name that is neither built in nor an existing folder: a name that looks like a path
+    is a folder that does not exist (not a checkpoint to train, say)."""
+    choices = f"{', '.join(DATASETS)}, a mixture such as shapes+fashion@32, or the path of an existing image folder"
+    path = Path(name).expanduser()
+    if path.exists():
+        return ValueError(f"{name!r} is a file, not an image folder; a dataset is one of {choices}")
+    if any(c in name for c in "/\\") or name.startswith((".", "~")):
+        return FileNotFoundError(f"the image folder {name!r} does not exist; a dataset is one of {choices}")
+    return ValueError(f"unknown dataset {name!r}: use one of {choices}")
+
+
+def check_dataset(name: str) -> None:
+    """Raise the error :func:`load_dataset` would, for an unknown name or a missing folder, without loading."""
+    names = [_parse_part(p, 0)[0] for p in name.split("+")] if "+" in name else [name]
+    for n in names:
+        if n not in DATASETS and not Path(n).expanduser().is_dir():
+            raise _no_such_dataset(n)
 
 
 def parse_holdout(holdout: Sequence[str]) -> list[tuple[str, str]]:
@@ -106,14 +140,19 @@ class ImageMixture(torch.utils.data.Dataset):
         return "ImageMixture(" + ", ".join(f"{k}: {len(v)}" for k, v in self.parts.items()) + ")"
 
 
-def _load_mixture(name: str, size: int, split: str, seed: int, length: int | None):
+def _load_mixture(name: str, size: int, split: str, seed: int, length: int | None, holdout=()):
     """``"shapes+fashion@32"``: shapes at ``size`` and Fashion-MNIST at 32 px, as one training set. The held-out
-    split of a mixture is its *first* part's (image sizes may differ, and evaluation stacks images)."""
+    split of a mixture is its *first* part's (image sizes may differ, and evaluation stacks images). ``holdout``
+    pairs are kept out of every shapes part."""
     parts = [_parse_part(p, size) for p in name.split("+")]
+    if holdout and not any(n == "shapes" for n, _ in parts):
+        raise ValueError(f"holdout pairs need (colour, shape) labels: the mixture {name!r} has no shapes part")
     if split == "test":
         first, first_size = parts[0]
         return load_dataset(first, first_size, "test", seed=seed, length=length)
-    return ImageMixture({f"{n}@{s}": load_dataset(n, s, "train", seed=seed, length=length) for n, s in parts})
+    return ImageMixture({f"{n}@{s}": load_dataset(n, s, "train", seed=seed, length=length,
+                                                  holdout=holdout if n == "shapes" else ())
+                         for n, s in parts})
 
 
 class RandomCrops(torch.utils.data.Dataset):
@@ -147,13 +186,17 @@ def stack_images(dataset, limit: int | None = None) -> torch.Tensor:
     return torch.stack([dataset[i]["image"] for i in range(n)])
 
 
-def _preflight(out_dir: str | None, resume) -> None:
-    """What a run can know before loading data and training: its ``out_dir`` can be written, and holds a run
-    to resume exactly when ``resume`` says so (the Trainer checks the same, but only after the data are ready)."""
+def _preflight(out_dir: str | None, resume):
+    """What a run can know before loading data and training: no other process trains in ``out_dir`` (its run
+    lock, :func:`ldm_lite.train.acquire_run_lock`), the folder can be written, and holds a run to resume exactly
+    when ``resume`` says so (the Trainer checks the same, but only after the data are ready). Returns the run lock,
+    which the caller releases when the run ends (or None without ``out_dir``)."""
     if out_dir is None:
-        return
+        return None
     from ldm_lite.io import check_writable_dir, shown_path
+    from ldm_lite.train import acquire_run_lock, check_run_lock
 
+    check_run_lock(out_dir)  # a live run there: say so, not "pass --resume" (its latest.json is still moving)
     latest = Path(out_dir) / "latest.json"
     if resume is True and not latest.is_file():
         raise FileNotFoundError(f"resume=True but {shown_path(out_dir)} holds no run (no latest.json); train without "
@@ -162,6 +205,94 @@ def _preflight(out_dir: str | None, resume) -> None:
         raise FileExistsError(f"{shown_path(out_dir)} already holds checkpoints (latest.json); pass resume=True to "
                               "continue that run, or choose another --out folder (or delete it) to start fresh")
     check_writable_dir(out_dir, "--out folder")
+    lock = acquire_run_lock(out_dir)
+    if not resume and latest.is_file():  # a run that finished between the check above and taking the lock
+        lock.release()
+        raise FileExistsError(f"{shown_path(out_dir)} already holds checkpoints (latest.json); pass resume=True to "
+                              "continue that run, or choose another --out folder (or delete it) to start fresh")
+    return lock
+
+
+def _remove_if_empty(folder) -> None:
+    """Remove ``folder`` if it is empty (the ``out_dir`` a run created before it failed, with nothing in it)."""
+    import os
+
+    try:
+        os.rmdir(folder)
+    except OSError:
+        pass
+
+
+_KIND_WORDS = {"autoencoder": "an autoencoder", "ldm": "an LDM", "evaluator": "an evaluator"}
+
+
+def check_checkpoint(name, kind: str, shown: str | None = None) -> Path:
+    """The base path of the checkpoint ``name`` (a shipped name or a path), checked to be of manifest ``kind``
+    (``"autoencoder"``, ``"ldm"``, ``"evaluator"``) by reading its manifest only -- before a run loads or trains
+    anything. Errors call it ``shown`` (e.g. ``"first_stage='x'"``, or ``"--first-stage x"`` on the command
+    line) and name the shipped checkpoints of that kind."""
+    from ldm_lite.pretrained import list_pretrained, load_manifest, resolve
+
+    shown = shown or repr(str(name))
+    want = _KIND_WORDS.get(kind, f"a {kind!r} checkpoint")
+
+    def shipped() -> str:
+        names = sorted(m["name"] for m in list_pretrained() if m.get("kind") == kind)
+        some = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        return (f"shipped: {some}; " if names else "") + "`ldm-lite list-pretrained` lists every checkpoint"
+
+    try:
+        base = resolve(name)
+    except FileNotFoundError as err:
+        if str(err).startswith("no exported checkpoint at"):  # a path to something else, with its own advice
+            raise FileNotFoundError(f"{shown}: {err}") from None
+        raise FileNotFoundError(f"{shown}: no checkpoint of that name or path; pass {want} ({shipped()})") from None
+    have = load_manifest(base).get("kind")
+    if have != kind:
+        what = _KIND_WORDS.get(have, f"a checkpoint of kind {have!r}")
+        raise ValueError(f"{shown} is {what} (manifest kind {have!r}), not {want}; pass {want} ({shipped()})")
+    return base
+
+
+def _check_ldm_inputs(recipe: "LDMRecipe", first_stage) -> None:
+    """What :func:`train_ldm` can check before it writes, loads or trains anything: the data exist, text
+    conditioning has captions, and the first stage and ``init_from`` are checkpoints of the right kind."""
+    check_dataset(recipe.data)
+    if recipe.cond in ("text", "text-frozen"):
+        if "+" in recipe.data:
+            raise ValueError(f"cond={recipe.cond!r} trains on captions, and a mixture ({recipe.data!r}) keeps only "
+                             "the images of its parts; train on one dataset")
+        folder = recipe.data not in DATASETS
+        if folder and recipe.captions is None:
+            raise ValueError(
+                f"cond={recipe.cond!r} trains on captions, and the image folder {recipe.data!r} has none: pass "
+                "LDMRecipe(captions=...), a .jsonl file with a line {\"file\": \"relative/path.png\", \"caption\": "
+                "\"...\"} per image or a .csv file with the header row file,caption")
+        if not folder and recipe.captions is not None:
+            raise ValueError(f"LDMRecipe.captions is for an image-folder data; {recipe.data!r} brings its own captions")
+        if recipe.captions is not None:
+            from ldm_lite.data.folder import read_captions
+
+            read_captions(recipe.captions)  # a missing or malformed file is found now
+    choice = recipe.first_stage if first_stage is None else first_stage
+    f = 1
+    if isinstance(choice, (str, Path)) and str(choice) != "pixel":
+        from ldm_lite.pretrained import load_manifest
+
+        name = find_autoencoder(recipe.data, recipe.size) if choice == "auto" else choice
+        base = check_checkpoint(name, "autoencoder", f"first_stage={str(name)!r}")
+        f = int((load_manifest(base).get("config") or {}).get("f", 1))
+    elif isinstance(choice, torch.nn.Module):
+        f = int(getattr(getattr(choice, "config", None), "f", 1))
+    m = 2 ** (len(recipe.channel_mult) - 1)
+    if recipe.size % (f * m):  # found now, not at the first step after the training set is encoded
+        step = f * m
+        near = max(step, round(recipe.size / step) * step)
+        raise ValueError(f"image size {recipe.size} is not a multiple of {step} (the first stage's f={f} times the "
+                         f"UNet's downsampling {m} = 2**(len(channel_mult)-1) for channel_mult "
+                         f"{','.join(map(str, recipe.channel_mult))}); use e.g. size {near}")
+    if recipe.init_from:
+        check_checkpoint(recipe.init_from, "ldm", f"init_from={recipe.init_from!r}")
 
 
 def _trainer_recipe(recipe) -> dict:
@@ -274,11 +405,30 @@ def train_autoencoder(recipe: AERecipe, out_dir: str | None = None, ckpt_every: 
     With ``export`` (a path or a name under ``data/pretrained/``) the weights are saved in float16 with
     a JSON manifest recording data, command, steps, wall time and held-out metrics; an existing checkpoint of
     that name is replaced only with ``force=True``. Both ``out_dir`` and ``export`` are checked (writable, not
-    taken) before any data are loaded.
+    taken) before any data are loaded, as are the data name and ``init_from`` (kind and architecture). While the
+    run trains it holds ``out_dir``'s run lock (:func:`ldm_lite.train.acquire_run_lock`): a second run on the same
+    folder is refused, naming this one's pid.
     """
+    check_dataset(recipe.data)
+    if recipe.init_from:
+        _check_ae_init(recipe)
+    created = out_dir is not None and not Path(out_dir).exists()
+    lock = _preflight(out_dir, resume)
+    try:
+        return _train_autoencoder(recipe, out_dir, ckpt_every, resume, progress, export, perceptual, callbacks,
+                                  command, eval_every, force)
+    finally:
+        if lock is not None:
+            lock.release()
+        if created:
+            _remove_if_empty(out_dir)
+
+
+def _train_autoencoder(recipe, out_dir, ckpt_every, resume, progress, export, perceptual, callbacks, command,
+                       eval_every, force) -> dict:
+    """:func:`train_autoencoder` after its checks, with the run lock held."""
     from ldm_lite.pretrained import check_export_target
 
-    _preflight(out_dir, resume)
     target = check_export_target(export, force) if export else None
     torch.manual_seed(recipe.seed)
     train_set = load_dataset(recipe.data, recipe.size, "train", seed=recipe.seed)
@@ -330,6 +480,21 @@ def train_autoencoder(recipe: AERecipe, out_dir: str | None = None, ckpt_every: 
     return result
 
 
+def _check_ae_init(recipe: AERecipe) -> Path:
+    """``recipe.init_from``'s base path, checked from its manifest alone: an autoencoder with the recipe's
+    architecture."""
+    from ldm_lite.pretrained import load_manifest
+
+    base = check_checkpoint(recipe.init_from, "autoencoder", f"init_from={recipe.init_from!r}")
+    want = recipe.autoencoder_config().to_dict()
+    have = load_manifest(base)["config"]
+    diffs = [f"{k}: {have.get(k)!r} there, {v!r} here" for k, v in want.items() if k in have and have[k] != v]
+    if diffs:
+        raise ValueError(f"init_from={recipe.init_from!r} has a different architecture ({'; '.join(diffs)}); pass "
+                         "the same --f / --reg / --ch / --num-res-blocks / --z-channels as that model")
+    return base
+
+
 def init_autoencoder_from(autoencoder, recipe: AERecipe) -> dict:
     """Load ``recipe.init_from``'s weights into ``autoencoder`` (configs must match); with
     ``recipe.train_part == "decoder"`` freeze everything that makes the latent: encoder, ``quant_conv`` and,
@@ -337,19 +502,9 @@ def init_autoencoder_from(autoencoder, recipe: AERecipe) -> dict:
     autoencoder keep working with the fine-tuned decoder (the Stable Diffusion VAE decoders "ft-EMA" /
     "ft-MSE" were made this way). Returns a record for the manifest (source, its sha256, what was frozen)."""
     from ldm_lite.io import sha256_file
-    from ldm_lite.pretrained import load_manifest, load_state_dict, resolve
+    from ldm_lite.pretrained import load_state_dict
 
-    base = resolve(recipe.init_from)
-    manifest = load_manifest(base)
-    if manifest.get("kind") != "autoencoder":
-        raise ValueError(f"init_from={recipe.init_from!r} is not an autoencoder (manifest kind "
-                         f"{manifest.get('kind')!r}); pass a shipped autoencoder such as ae_kl_f4_openmoji64")
-    want = recipe.autoencoder_config().to_dict()
-    have = manifest["config"]
-    diffs = [f"{k}: {have.get(k)!r} there, {v!r} here" for k, v in want.items() if k in have and have[k] != v]
-    if diffs:
-        raise ValueError(f"init_from={recipe.init_from!r} has a different architecture ({'; '.join(diffs)}); pass "
-                         "the same --f / --reg / --ch / --num-res-blocks / --z-channels as that model")
+    base = _check_ae_init(recipe)
     autoencoder.load_state_dict(load_state_dict(base))
     frozen = []
     if recipe.train_part == "decoder":
@@ -392,8 +547,11 @@ class LDMRecipe:
     ================  ======================================================================================
 
     ``cond_dim`` / ``cond_depth``: width and depth of a trained cond stage. ``holdout``: ``"colour shape"``
-    pairs kept out of the shapes training set. Other conditionings (concat ...) pass a ``cond_stage`` to
-    :func:`train_ldm` and set ``conditioning_key`` / ``cond_key`` / ``context_dim`` / ``unconditional_value``.
+    pairs kept out of the shapes training set (also of the shapes part of a mixture such as ``shapes+fashion``).
+    ``captions``: the captions file of an image-folder ``data`` for text conditioning (``.jsonl`` lines
+    ``{"file": "relative/path.png", "caption": "..."}`` or ``.csv`` with a header ``file,caption``).
+    Other conditionings (concat ...) pass a ``cond_stage`` to :func:`train_ldm` and set ``conditioning_key`` /
+    ``cond_key`` / ``context_dim`` / ``unconditional_value``.
     The UNet fields are :class:`ldm_lite.unet.UNetModel`'s; the schedule is the LDM one.
     """
 
@@ -433,6 +591,7 @@ class LDMRecipe:
     text_encoder: str = "minilm"
     max_length: int = 32
     holdout: tuple[str, ...] = ()
+    captions: str | None = None  # data = an image folder with cond "text" / "text-frozen": its captions file
     init_from: str | None = None  # a shipped / exported LDM whose UNet weights start this run (where shapes match)
     task: str | None = None  # spatial conditioning (concat): "sr", "inpaint", "semantic"
     sr_factor: int = 4
@@ -483,6 +642,20 @@ class LDMRecipe:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"LDMRecipe.{name} must be a positive int, got {value!r}")
+        if self.train_images is not None and (not isinstance(self.train_images, int) or self.train_images < 1):
+            raise ValueError(f"LDMRecipe.train_images must be at least 1 (None = the whole dataset, 50,000 for "
+                             f"shapes), got {self.train_images!r}")
+        if self.task == "inpaint" and not (isinstance(self.mask_fraction, (int, float))
+                                           and 0 < self.mask_fraction < 0.95):
+            raise ValueError(f"LDMRecipe.mask_fraction (the share of hole pixels in the training masks) must lie "
+                             f"in (0, 0.95), got {self.mask_fraction!r}")
+        parse_holdout(self.holdout)  # 'colour shape' pairs, checked now rather than when the data are loaded
+        if self.holdout and not _has_shapes(self.data):
+            raise ValueError(f"LDMRecipe.holdout keeps (colour, shape) pairs out of shapes images: use data='shapes' "
+                             f"or a mixture with a shapes part (e.g. 'shapes+fashion'); {self.data!r} has no such "
+                             "labels")
+        if self.captions is not None and self.cond not in ("text", "text-frozen"):
+            raise ValueError(f"LDMRecipe.captions are read for cond='text' or 'text-frozen' only (cond={self.cond!r})")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"LDMRecipe.lr must be a finite number > 0 (e.g. 2e-4), got {self.lr!r}")
 
@@ -503,6 +676,11 @@ class LDMRecipe:
                           coord_channels=self.coord_channels)
 
 
+def _has_shapes(data: str) -> bool:
+    """Whether ``data`` is shapes or a mixture with a shapes part (the data with (colour, shape) labels)."""
+    return data == "shapes" or ("+" in data and any(_parse_part(p, 0)[0] == "shapes" for p in data.split("+")))
+
+
 def find_autoencoder(data: str, size: int) -> str:
     """The name of the shipped autoencoder trained on ``data`` at ``size`` (KL f=4 preferred)."""
     from ldm_lite.pretrained import list_pretrained
@@ -514,10 +692,13 @@ def find_autoencoder(data: str, size: int) -> str:
 
     found = [m for m in list_pretrained() if m.get("kind") == "autoencoder" and trained_on(m)]
     if not found:
+        import re
+
+        stem = re.sub(r"[^A-Za-z0-9]+", "_", Path(data).name or data).strip("_") or "data"  # a folder: its name
         raise FileNotFoundError(
             f"no shipped autoencoder for data={data!r} at size {size} in data/pretrained/; train one with "
-            f"`ldm-lite train-ae --data {data} --size {size} --f 4 --export ae_kl_f4_{data}{size}`, pass the name "
-            "or path of another checkpoint as first_stage, or use first_stage='pixel'"
+            f"`ldm-lite train-ae --data {shlex.quote(data)} --size {size} --f 4 --export ae_kl_f4_{stem}{size}`, or "
+            "choose another first stage (the name or path of an autoencoder checkpoint, or 'pixel')"
         )
     found.sort(key=lambda m: (m["config"].get("reg") != "kl", m["config"].get("f") != 4, m["name"]))
     return found[0]["name"]
@@ -683,7 +864,7 @@ def recipe_test_set(recipe):
         recipe = LDMRecipe(**{k: v for k, v in recipe.items() if k in known})
     is_procedural = recipe.data in ("shapes", "photos")
     test_set = load_dataset(recipe.data, recipe.size, "test", seed=recipe.seed,
-                            length=recipe.eval_images if is_procedural else None)
+                            length=recipe.eval_images if is_procedural else None, captions=recipe.captions)
     if recipe.task is not None:
         from ldm_lite.data.spatial import SpatialTaskDataset
 
@@ -733,15 +914,33 @@ def train_ldm(recipe: LDMRecipe, first_stage=None, out_dir: str | None = None, c
     stage is exported next to it as ``<export>_first_stage``. Load with :func:`ldm_lite.pretrained.load_ldm`.
     The manifest records the first stage's f, latent channels and the sha256 of its weights (as they were when
     training started), which ``load_ldm`` checks. An existing checkpoint of the export's name is replaced only
-    with ``force=True``; it, and a writable ``out_dir``, are checked before any data are loaded.
+    with ``force=True``; it, and a writable ``out_dir``, are checked before any data are loaded, as are the
+    data name, the captions of text conditioning and the kinds of the first stage and ``init_from``. While the run
+    trains it holds ``out_dir``'s run lock (:func:`ldm_lite.train.acquire_run_lock`): a second run on the same
+    folder is refused, naming this one's pid.
     """
+    _check_ldm_inputs(recipe, first_stage)
+    created = out_dir is not None and not Path(out_dir).exists()
+    lock = _preflight(out_dir, resume)
+    try:
+        return _train_ldm(recipe, first_stage, out_dir, ckpt_every, resume, progress, export, cache_latents,
+                          callbacks, command, cond_stage, force)
+    finally:
+        if lock is not None:
+            lock.release()
+        if created:
+            _remove_if_empty(out_dir)
+
+
+def _train_ldm(recipe, first_stage, out_dir, ckpt_every, resume, progress, export, cache_latents, callbacks,
+               command, cond_stage, force) -> dict:
+    """:func:`train_ldm` after its checks, with the run lock held."""
     from dataclasses import asdict
 
     from torch.utils.data import Subset
 
     from ldm_lite.pretrained import check_export_target, first_stage_record
 
-    _preflight(out_dir, resume)
     export_base = fs_target = None
     if export:
         export_base = check_export_target(export, force)
@@ -752,7 +951,8 @@ def train_ldm(recipe: LDMRecipe, first_stage=None, out_dir: str | None = None, c
     fs_record = first_stage_record(fs_name) if fs_name not in (None, "pixel") else {}
     is_procedural = recipe.data in ("shapes", "photos")
     train_set = load_dataset(recipe.data, recipe.size, "train", seed=recipe.seed,
-                             length=recipe.train_images if is_procedural else None, holdout=recipe.holdout)
+                             length=recipe.train_images if is_procedural else None, holdout=recipe.holdout,
+                             captions=recipe.captions)
     if recipe.train_images is not None and not is_procedural and len(train_set) > recipe.train_images:
         train_set = Subset(train_set, range(recipe.train_images))
     test_set = recipe_test_set(recipe)

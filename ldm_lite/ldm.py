@@ -780,7 +780,8 @@ class LatentDiffusion(nn.Module):
         ``x0``: keep a known region -- training-free inpainting (chapter 05's blending; ``jump_length`` /
         ``jump_n_sample`` add RePaint's resampling); ``x0`` may be an image (it is encoded) or a latent, the mask
         at the latent size or the image size (then a latent position is kept only where all its f x f pixels
-        are known). ``sampler``: a name (``"ddim"``,
+        are known); a 2-D ``(H, W)`` mask is broadcast over the batch, and one ``x0`` over ``num_samples``.
+        ``sampler``: a name (``"ddim"``,
         ``"plms"``, ``"dpm"``, ``"ddpm"``) or a :class:`Sampler`; extra keyword arguments go to its constructor.
         ``decode_tile``: decode the latents in overlapping tiles of this side (large canvases, chapter 07).
         ``timestep_spacing``: which timesteps a ``steps``-step run visits -- ``"uniform"`` (= ``"leading"``,
@@ -793,7 +794,9 @@ class LatentDiffusion(nn.Module):
         and ``>= 0`` (1 = no guidance, 0 = the unconditional model, ``0 < s < 1`` interpolates towards it, ``> 1``
         is the usual guidance -- Ho & Salimans' ``out_u + s (out_c - out_u)``), and ``!= 1`` only for a conditional
         model with a null condition; ``eta`` finite in [0, 1]; ``scale_factor`` finite and > 0; ``x_T`` finite;
-        class labels of an ``"adm"`` model in range. If the decoded images contain NaN / inf, a
+        class labels of an ``"adm"`` model in range; ``x0`` and its mask in the shapes above, an image ``x0`` finite
+        and in [-1, 1] (0..255 values raise; an image with every value >= 0 warns: [0, 1] images convert with
+        ``x * 2 - 1``, but a bright [-1, 1] image can be all >= 0 too). If the decoded images contain NaN / inf, a
         ``FloatingPointError`` is raised instead of returning them.
         """
         # ---- arguments, checked once here (nothing is checked inside the sampling loop)
@@ -858,24 +861,7 @@ class LatentDiffusion(nn.Module):
                 uc = self.get_unconditional_conditioning(b, like=c, latent_size=shape[-2:])
             uc = expand_batch(as_condition(uc, self.conditioning_key), b)
         # ---- a known region (inpainting / keeping x0)
-        mask = None
-        if keep_mask is not None or hole_mask is not None:
-            mask = keep_mask_from(keep_mask, hole_mask).to(self.device)
-        if x0 is not None:
-            x0 = x0.to(self.device).float()
-            if self.first_stage is not None and x0.shape[-2:] != shape[-2:]:
-                if mask is not None:
-                    # the hole's pixels must never reach the encoder: its receptive field would carry them into
-                    # the "known" latents around the hole (an unfair advantage, and wrong for object removal)
-                    pixel_keep = mask if mask.shape[-2:] == x0.shape[-2:] else F.interpolate(
-                        mask.float(), size=x0.shape[-2:], mode="nearest")
-                    x0 = x0 * pixel_keep
-                x0 = self.encode_first_stage(x0)
-            if mask.shape[-2:] != shape[-2:]:
-                if mask.shape[-2] != shape[-2] * self.f or mask.shape[-1] != shape[-1] * self.f:
-                    raise ValueError(f"mask of size {tuple(mask.shape[-2:])} matches neither the latent "
-                                     f"{shape[-2:]} nor the image size")
-                mask = -F.max_pool2d(-mask, self.f)  # min-pool: keep only fully known latent positions
+        mask, x0 = self._known_region(x0, keep_mask, hole_mask, shape)
         # ---- sample
         if isinstance(sampler, str):
             sampler_kwargs.setdefault("clip_denoised", self.first_stage is None and float(self.scale_factor) == 1.0)
@@ -897,6 +883,99 @@ class LatentDiffusion(nn.Module):
         self._check_finite_sample(z, images, guidance_scale)
         images = images.clamp(-1.0, 1.0)
         return (images, z) if return_latents else images
+
+    def _known_region(self, x0, keep_mask, hole_mask, shape) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """:meth:`sample`'s known region, checked where it enters: returns ``(keep mask, x0)`` at the latent size
+        (``x0`` encoded when it is an image), or ``(None, None)`` without one.
+
+        Accepted shapes: ``x0`` ``(B, C, H, W)`` or one ``(C, H, W)``, an image at the model's image size (encoded;
+        values in [-1, 1], checked by :func:`~ldm_lite.data.spatial.check_image_range`) or a latent at the latent
+        size, with ``B`` = 1 (used for every sample) or ``num_samples``. The mask: ``(H, W)``, ``(1, H, W)``,
+        ``(B, H, W)`` or ``(1 or B, C, H, W)``, at the image size (``C`` = 1, or 3: a pixel is then known only where
+        all its channels are) or at the latent size (``C`` = 1 or the latent channels). A 2-D mask -- what a
+        greyscale mask file reads as -- is broadcast over the batch and channels rather than refused. Anything
+        else is a ``ValueError`` naming the argument and the fix.
+        """
+        from ldm_lite.data.spatial import check_image_range
+
+        has_mask = keep_mask is not None or hole_mask is not None
+        if x0 is None and not has_mask:
+            return None, None
+        if x0 is None:
+            raise ValueError("a mask was given without x0: pass x0 (the known image or latent) together with "
+                             "keep_mask (1 = keep x0 there) or hole_mask (1 = generate there)")
+        if not has_mask:
+            raise ValueError("x0 given without a mask: pass keep_mask (1 = keep x0 there) or hole_mask (1 = generate "
+                             "there); to start from a noised x0 instead (img2img), pass x_T=schedule.q_sample(x0, "
+                             "t_start) and fewer steps")
+        name = "keep_mask" if keep_mask is not None else "hole_mask"
+        mask = keep_mask_from(keep_mask, hole_mask).to(self.device)  # exactly one, binary
+        if not torch.is_tensor(x0):
+            raise TypeError(f"x0 must be a tensor (B, C, H, W): the known image in [-1, 1] or its latent; got "
+                            f"{type(x0).__name__}")
+        x0 = x0.to(self.device).float()
+        b, zc, h, w = shape
+        f = self.f
+        big_h, big_w = h * f, w * f
+        if x0.ndim == 3:
+            x0 = x0[None]
+        if x0.ndim != 4:
+            raise ValueError(f"x0 must be an image or latent batch (B, C, H, W), or one (C, H, W); got shape "
+                             f"{tuple(x0.shape)}")
+        if x0.shape[0] not in (1, b):
+            raise ValueError(f"x0 holds {x0.shape[0]} images but num_samples={b}; give one x0 (used for every sample) "
+                             f"or one per sample")
+        xh, xw = x0.shape[-2:]
+        image = self.first_stage is not None and f > 1 and (xh, xw) == (big_h, big_w)
+        if not image and (xh, xw) != (h, w):
+            canvas = (f"latent_size=({xh // f}, {xw // f})" if xh % f == 0 and xw % f == 0
+                      else f"a size divisible by f={f}")
+            at = f"{big_h}x{big_w} (or its {h}x{w} latent)" if f > 1 else f"{h}x{w}"
+            raise ValueError(f"x0 is {xh}x{xw} but this model samples {big_h}x{big_w} images"
+                             + (f" ({h}x{w} latents)" if f > 1 else "")
+                             + f"; pass x0 at {at}, or sample a canvas of x0's size with {canvas}")
+        if not image and x0.shape[1] != zc:
+            encode = f"; pass the image at {big_h}x{big_w} to have it encoded" if self.first_stage is not None else ""
+            raise ValueError(f"x0 at the latent size {h}x{w} must have {zc} channels (a latent of this model); got "
+                             f"{x0.shape[1]}{encode}")
+        if image or (self.first_stage is None and float(self.scale_factor) == 1.0):
+            # an image in [-1, 1] (a latent has no fixed range); the warning points at the caller of sample
+            check_image_range(x0, "x0", stacklevel=5)
+        # the mask: (H, W) / (1 or B, H, W) / (1 or B, C, H, W) -> 4-D
+        if mask.ndim == 2:
+            mask = mask[None, None]
+        elif mask.ndim == 3:
+            mask = mask[:, None] if mask.shape[0] == b and b != 1 else mask[None]
+        elif mask.ndim != 4:
+            raise ValueError(f"{name} must be (H, W), (B, H, W) or (B, 1, H, W); got shape {tuple(mask.shape)}")
+        if mask.shape[0] not in (1, b):
+            raise ValueError(f"{name} holds {mask.shape[0]} masks but num_samples={b}; give one mask (1, 1, H, W) "
+                             f"for every sample or one per sample ({b}, 1, H, W)")
+        mh, mw = mask.shape[-2:]
+        at_latent = (mh, mw) == (h, w)
+        if at_latent and mask.shape[1] not in (1, zc):
+            raise ValueError(f"{name} at the latent size {h}x{w} must have 1 channel (or {zc}, one per latent "
+                             f"channel); got {mask.shape[1]}")
+        if not at_latent:
+            if (mh, mw) != (big_h, big_w):
+                raise ValueError(f"{name} is {mh}x{mw}, but matches neither the image size {big_h}x{big_w} nor the "
+                                 f"latent size {h}x{w} of this sample; give a mask of x0's height and width")
+            if mask.shape[1] not in (1, 3):
+                raise ValueError(f"{name} at the image size {big_h}x{big_w} must have 1 channel (or 3, one per colour "
+                                 f"channel); got {mask.shape[1]} channels")
+            if mask.shape[1] == 3:  # a pixel is known only where all its channels are
+                mask = mask.amin(1, keepdim=True)
+        if image:
+            # the hole's pixels must never reach the encoder: its receptive field would carry them into
+            # the "known" latents around the hole (an unfair advantage, and wrong for object removal)
+            pixel_keep = mask if not at_latent else F.interpolate(
+                mask if mask.shape[1] == 1 else mask.amin(1, keepdim=True), size=(xh, xw), mode="nearest")
+            x0 = self.encode_first_stage(x0 * pixel_keep)
+        if not at_latent:
+            mask = -F.max_pool2d(-mask, f)  # min-pool: keep only fully known latent positions
+        if x0.shape[0] != b:
+            x0 = x0.expand(b, -1, -1, -1).contiguous()
+        return mask, x0
 
     @staticmethod
     def _check_finite_sample(z: torch.Tensor, images: torch.Tensor, guidance_scale: float) -> None:

@@ -200,7 +200,20 @@ def _export_run_hint(run: Path) -> str:
 
 
 def resolve(name_or_path: str | os.PathLike) -> Path:
-    """A shipped checkpoint's name (``"ae_kl_f4_openmoji64"``) or a path -> the base path (no suffix)."""
+    """A shipped checkpoint's name (``"ae_kl_f4_openmoji64"``) or a path -> the base path (no suffix).
+
+    Not a string or path (``None``): ``TypeError``; an empty name or a bare folder (``""``, ``"."``): ``ValueError``
+    listing the shipped checkpoints."""
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"name_or_path must be a checkpoint name or a path, got {name_or_path!r} "
+                        f"({type(name_or_path).__name__}); pass e.g. 'ldm_openmoji64' or 'exports/my_ldm'")
+    if not str(name_or_path).strip() or Path(name_or_path).name in ("", ".", ".."):
+        why = _not_an_export(Path(name_or_path)) if str(name_or_path).strip() else None
+        if why is not None:
+            raise FileNotFoundError(f"no exported checkpoint at {str(name_or_path)!r}: {why}")
+        available = ", ".join(sorted(x.stem for x in PRETRAINED_DIR.glob("*.json"))) or "none"
+        raise ValueError(f"{str(name_or_path)!r} is an empty checkpoint name (or a bare folder); pass a checkpoint's "
+                         f"name or the path of its .json (shipped checkpoints: {available})")
     p = Path(name_or_path)
     base = p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
     if base.with_suffix(".json").exists():
@@ -241,18 +254,61 @@ def load_manifest(name_or_path) -> dict:
     return _read_manifest(resolve(name_or_path).with_suffix(".json"))
 
 
+def weights_file(base: Path, manifest: dict) -> Path:
+    """The weights file of the export at ``base`` (no suffix): the one its manifest's ``"weights"`` names (the file
+    :func:`save_pretrained` wrote) or, when that file is absent, ``<base>.safetensors`` -- a copy renamed as a pair
+    (``new.json`` + ``new.safetensors``) still names the original file. Either is checked against the recorded
+    sha256 when loaded."""
+    own = base.with_suffix(".safetensors")
+    recorded = manifest.get("weights")
+    if not isinstance(recorded, str) or not recorded:
+        return own
+    path = base.parent / recorded
+    return path if path.is_file() or not own.is_file() else own
+
+
+def _missing_weights(base: Path, manifest: dict, weights: Path) -> str:
+    """Why the weights of ``base`` cannot be found and what to do: a ``.safetensors`` beside the manifest with the
+    recorded sha256 is the renamed file (say what to rename it to); otherwise how the pair must be named."""
+    from ldm_lite.io import sha256_file, shown_path
+
+    own = base.with_suffix(".safetensors")
+    msg = f"{shown_path(weights)} is missing (its manifest {shown_path(base.with_suffix('.json'))} exists)"
+    want = manifest.get("weights_sha256")
+    if want and base.parent.is_dir():
+        for cand in sorted(base.parent.glob("*.safetensors"))[:64]:
+            try:
+                same = cand.is_file() and sha256_file(cand) == want
+            except OSError:
+                continue
+            if same:
+                return (f"{msg}; {shown_path(cand)} holds exactly the weights it records (same sha256): rename it to "
+                        f"{own.name}")
+    other = f" (or {weights.name})" if weights.name != own.name else ""
+    return (f"{msg}. If the files were renamed or moved, the weights must lie beside the manifest as "
+            f"{own.name}{other}; if they are lost, {_restore_hint(base)}")
+
+
 def load_state_dict(name_or_path, dtype=torch.float32) -> dict:
     """The weights of a checkpoint as a state dict (floating tensors cast to ``dtype``), checked against the
-    sha256 its manifest records (manifests written before that record are not checked)."""
+    sha256 its manifest records (``weights_sha256``; every shipped manifest has one). A manifest without it (an
+    export from before the record) loads unchecked, with a warning naming the file."""
     from ldm_lite.io import sha256_file, shown_path
 
     base = resolve(name_or_path)
     manifest = _read_manifest(base.with_suffix(".json"))
-    weights = base.parent / manifest.get("weights", base.name + ".safetensors")
+    weights = weights_file(base, manifest)
     want = manifest.get("weights_sha256")
-    if want is not None and weights.is_file():
+    if weights.is_file():
         got = sha256_file(weights)
-        if got != want:
+        if want is None:
+            import warnings
+
+            warnings.warn(
+                f"{shown_path(base.with_suffix('.json'))} records no weights_sha256 (an export from an older "
+                f"ldm-lite), so {weights.name} is loaded unchecked; if it is known to be good, add "
+                f"\"weights_sha256\": \"{got}\" to the manifest to have every later load checked", stacklevel=2)
+        elif got != want:
             raise CorruptCheckpointError(
                 f"{shown_path(weights)} does not match the sha256 in {shown_path(base.with_suffix('.json'))} "
                 f"(recorded {want[:16]}..., file {got[:16]}...): it is corrupt or was replaced without its manifest; "
@@ -260,9 +316,7 @@ def load_state_dict(name_or_path, dtype=torch.float32) -> dict:
     try:
         sd = load_file(str(weights))
     except FileNotFoundError:
-        raise CorruptCheckpointError(f"{shown_path(weights)} is missing (its manifest "
-                                     f"{shown_path(base.with_suffix('.json'))} exists); {_restore_hint(base)}",
-                                     weights) from None
+        raise CorruptCheckpointError(_missing_weights(base, manifest, weights), weights) from None
     except Exception as err:  # SafetensorError: truncated file, corrupt header
         raise CorruptCheckpointError(f"{shown_path(weights)} is corrupt or truncated and cannot be read ({err}); "
                                      f"{_restore_hint(base)}", weights) from err
@@ -308,10 +362,11 @@ def first_stage_record(first_stage) -> dict:
     if isinstance(first_stage, torch.nn.Module):
         return dict(first_stage_f=int(first_stage.config.f), first_stage_channels=int(first_stage.embed_dim))
     base = resolve(first_stage)
-    config = load_manifest(base)["config"]
+    manifest = load_manifest(base)
+    config = manifest["config"]
     return dict(first_stage_f=int(config["f"]),
                 first_stage_channels=int(config.get("embed_dim") or config["z_channels"]),
-                first_stage_sha256=sha256_file(base.with_suffix(".safetensors")))
+                first_stage_sha256=sha256_file(weights_file(base, manifest)))
 
 
 def _expected_first_stage(manifest: dict) -> dict:
@@ -360,7 +415,7 @@ def check_first_stage(manifest: dict, name: str, first_stage, fs_base: Path | No
     if want["channels"] is not None and have_c is not None and int(have_c) != int(want["channels"]):
         diffs.append(f"{have_c} latent channels instead of {want['channels']}")
     if fs_base is not None and want["sha256"] is not None:
-        got = sha256_file(fs_base.with_suffix(".safetensors"))
+        got = sha256_file(weights_file(fs_base, load_manifest(fs_base)))
         if got != want["sha256"] and not _decoder_fine_tune_of(fs_base, want["sha256"]):
             diffs.append(f"other weights (sha256 {got[:16]}..., the LDM was trained on {want['sha256'][:16]}...)")
     if not diffs:
@@ -379,7 +434,7 @@ def check_first_stage(manifest: dict, name: str, first_stage, fs_base: Path | No
     )
 
 
-def set_first_stage(ldm, autoencoder) -> dict:
+def set_first_stage(ldm, autoencoder, force: bool = False) -> dict:
     """Make the exported LDM ``ldm`` decode with ``autoencoder`` from now on (its manifest's ``first_stage``).
 
     Only a *decoder-only* fine-tune of the first stage the LDM was trained on is accepted (``ldm-lite train-ae
@@ -387,6 +442,11 @@ def set_first_stage(ldm, autoencoder) -> dict:
     unchanged and only how they become pixels improves -- no retraining. Anything else raises
     :class:`FirstStageMismatchError` and leaves the manifest as it was. The first name the LDM used is kept
     as ``first_stage_trained_on``; the sha256 it was trained on is not touched. Returns the new manifest.
+
+    Like every other write to ``data/pretrained/``, a manifest there (a shipped LDM, or an export made with a bare
+    ``--export`` name) is changed only with ``force=True`` (the CLI's ``--force``): without it
+    :class:`ExistingExportError` is raised once the switch has been checked, and nothing is written. A switch to
+    the first stage the LDM already uses writes nothing either.
     """
     from ldm_lite.io import atomic_write, sha256_file, shown_path
 
@@ -402,7 +462,7 @@ def set_first_stage(ldm, autoencoder) -> dict:
     fs_base = resolve(autoencoder)
     ae = load_autoencoder(fs_base)  # not an autoencoder: ValueError
     want = manifest["first_stage_sha256"]
-    if sha256_file(fs_base.with_suffix(".safetensors")) != want and not _decoder_fine_tune_of(fs_base, want):
+    if sha256_file(weights_file(fs_base, load_manifest(fs_base))) != want and not _decoder_fine_tune_of(fs_base, want):
         trained_on = manifest.get("first_stage_trained_on", manifest["first_stage"])
         raise FirstStageMismatchError(
             f"{shown_path(fs_base.with_suffix('.json'))} is not a decoder-only fine-tune of {trained_on!r}, the first "
@@ -417,6 +477,14 @@ def set_first_stage(ldm, autoencoder) -> dict:
     new.setdefault("first_stage_trained_on", manifest["first_stage"])
     if "measured" in manifest:  # image-space numbers were decoded by the old first stage: say so, keep them
         new.setdefault("measured_with_first_stage", manifest["first_stage"])
+    if new == manifest:  # it already decodes with this first stage: nothing to write
+        return new
+    if base.parent.resolve() == PRETRAINED_DIR and not force:
+        raise ExistingExportError(
+            f"{shown_path(base.with_suffix('.json'))} is in data/pretrained/ (the shipped checkpoints' folder), where "
+            f"a file is replaced only on request; nothing was changed. Pass force=True to switch it to {name!r} (a "
+            f"shipped manifest comes back with `git checkout -- data/pretrained/{base.name}.json`), or copy "
+            f"{base.name}.json and {base.name}.safetensors to a folder of your own and switch the copy")
     atomic_write(base.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(new, indent=2) + "\n"))
     return new
 

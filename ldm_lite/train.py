@@ -76,6 +76,12 @@ crash while writing (even ``kill -9``) leaves the previous checkpoint and pointe
 sha256 and every load error names the file and the previous checkpoint to use instead
 (:class:`CheckpointError`); a checkpoint with NaN / inf weights is refused.
 
+One process trains in an ``out_dir`` at a time: ``fit`` holds the lock file ``out_dir/run.lock`` (the
+owner's pid, host and process start time; taken with ``O_CREAT | O_EXCL``, removed when ``fit`` returns
+or raises). A second process on the same folder gets :class:`RunLockedError` naming the pid, before it
+trains; a lock left by a process that no longer runs (``kill -9``, a power cut) is taken over. Temporary
+folders are named ``.tmp-<step>-<pid>``, and a save removes only those whose process is gone.
+
 Resuming (``fit(resume=True)``, or a path) restores weights, EMA, optimisers, scaler, random
 generators, step and history, so on the CPU a resumed run is bit-identical to an uninterrupted one.
 It first compares the saved run with the present one: a changed learning rate (or other optimiser
@@ -150,6 +156,7 @@ __all__ = [
     "NonFiniteLossError",
     "CheckpointError",
     "ResumeMismatchError",
+    "RunLockedError",
     "is_main_process",
     "rank",
     "world_size",
@@ -258,6 +265,206 @@ class ResumeMismatchError(ValueError):
     def __init__(self, message: str, changes: list[tuple[str, object, object]]):
         super().__init__(message)
         self.changes = changes
+
+
+class RunLockedError(FileExistsError):
+    """Another live process holds the run lock of this ``out_dir`` (it is training there right now)."""
+
+    def __init__(self, message: str, pid: int | None = None, host: str | None = None):
+        super().__init__(message)
+        self.pid, self.host = pid, host
+
+
+# --------------------------------------------------------------------------------------------------
+# One run per out_dir: a lock file with the owner's pid
+# --------------------------------------------------------------------------------------------------
+LOCK_NAME = "run.lock"
+_HELD_LOCKS: dict[str, "RunLock"] = {}  # resolved lock path -> the lock this process holds (re-entrant)
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state first), or None where there is none."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    return data.rsplit(")", 1)[-1].split()
+
+
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, from /proc), to tell it from a later process that
+    reuses the number; None where /proc is unavailable."""
+    fields = _proc_stat(pid)
+    return fields[19] if fields is not None and len(fields) > 19 else None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (a zombie -- exited, not yet reaped -- counts as dead)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    if os.name == "nt":  # os.kill(pid, 0) would send CTRL_C_EVENT there
+        import ctypes
+
+        kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return ctypes.get_last_error() == 5  # access denied: it exists
+        try:
+            code = ctypes.c_ulong()
+            kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
+            return code.value == 259  # STILL_ACTIVE
+        finally:
+            kernel32.CloseHandle(handle)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    fields = _proc_stat(pid)
+    return not (fields and fields[0] == "Z")
+
+
+def _read_lock(path: Path) -> dict | None:
+    try:
+        owner = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return owner if isinstance(owner, dict) and isinstance(owner.get("pid"), int) else None
+
+
+def _lock_owner_alive(owner: dict) -> bool:
+    """Whether the process that wrote a lock still runs. A lock of another machine counts as alive (its process
+    cannot be seen from here); one with this process's own pid that this process does not hold is left from an
+    earlier process with the same number (e.g. a restarted container)."""
+    if owner.get("host") not in (None, _host()):
+        return True
+    pid = owner["pid"]
+    if pid == os.getpid():
+        return False
+    if not pid_alive(pid):
+        return False
+    started, now = owner.get("started_ticks"), _process_start(pid)
+    return started is None or now is None or started == now
+
+
+def _locked_message(out_dir: Path, owner: dict) -> str:
+    host = owner.get("host")
+    where = "" if host in (None, _host()) else f" on host {host}"
+    hint = (f" (if no run is writing there any more, delete {shown_path(out_dir / LOCK_NAME)})" if where else "")
+    return (f"another run (pid {owner['pid']}{where}) is writing to out_dir {shown_path(out_dir)}; wait for it to "
+            f"finish or choose another out_dir{hint}")
+
+
+class RunLock:
+    """The lock file ``out_dir/run.lock`` (JSON: pid, host, start time of the process) that says one process
+    trains in ``out_dir``. Taken atomically (``O_CREAT | O_EXCL``); a lock whose process is dead is taken over;
+    re-entrant within a process (``train_ldm`` holds it and its ``Trainer.fit`` takes it again). ``release()``
+    removes the file once the outermost holder releases it (also after an exception)."""
+
+    def __init__(self, path: Path, key: str, token: str):
+        self.path, self.key, self.token, self.count = path, key, token, 1
+
+    def release(self) -> None:
+        self.count -= 1
+        if self.count > 0:
+            return
+        _HELD_LOCKS.pop(self.key, None)
+        owner = _read_lock(self.path)
+        if owner is not None and owner.get("token") == self.token:
+            with contextlib.suppress(OSError):
+                os.remove(self.path)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def check_run_lock(out_dir: str | os.PathLike) -> None:
+    """Raise :class:`RunLockedError` if another live process holds ``out_dir``'s run lock (reads only)."""
+    out_dir = Path(out_dir)
+    path = out_dir / LOCK_NAME
+    if not path.is_file() or str(path.resolve()) in _HELD_LOCKS:
+        return
+    owner = _read_lock(path)
+    if owner is not None and _lock_owner_alive(owner):
+        raise RunLockedError(_locked_message(out_dir, owner), owner["pid"], owner.get("host"))
+
+
+def acquire_run_lock(out_dir: str | os.PathLike) -> RunLock:
+    """Take ``out_dir``'s run lock (the folder must exist) or raise :class:`RunLockedError` naming the pid
+    of the live process that holds it. A lock left by a dead process is taken over."""
+    import time
+    import uuid
+
+    out_dir = Path(out_dir)
+    path = out_dir / LOCK_NAME
+    key = str(path.resolve())
+    held = _HELD_LOCKS.get(key)
+    if held is not None:
+        held.count += 1
+        return held
+    token = uuid.uuid4().hex
+    record = {"pid": os.getpid(), "host": _host(), "started_ticks": _process_start(os.getpid()), "token": token}
+    for _ in range(200):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _read_lock(path)
+            if owner is None:  # being written this instant, or left empty by a crash right after creating it
+                try:
+                    age = time.time() - path.stat().st_mtime
+                except FileNotFoundError:
+                    continue
+                if age < 5:
+                    time.sleep(0.05)
+                    continue
+            elif _lock_owner_alive(owner):
+                raise RunLockedError(_locked_message(out_dir, owner), owner["pid"], owner.get("host")) from None
+            # a dead process's lock: move it aside under a unique name (only one taker can), then check that
+            # what was moved is the dead lock and not one a faster taker has just written
+            aside = path.with_name(f"{LOCK_NAME}.stale-{token}")
+            try:
+                os.rename(path, aside)
+            except FileNotFoundError:
+                continue
+            moved = _read_lock(aside)
+            if moved is not None and (owner is None or moved.get("token") != owner.get("token")):
+                with contextlib.suppress(OSError):  # not the lock judged dead: put it back (unless taken anew)
+                    os.link(aside, path)
+            with contextlib.suppress(OSError):
+                os.remove(aside)
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f)
+            f.flush()
+            os.fsync(f.fileno())
+        lock = RunLock(path, key, token)
+        _HELD_LOCKS[key] = lock
+        return lock
+    raise RunLockedError(f"could not take the lock {shown_path(path)} of out_dir {shown_path(out_dir)}; is another "
+                         "run starting there? Choose another out_dir")
+
+
+def _temp_owner_dead(name: str) -> bool:
+    """``.tmp-<what>-<pid>`` folders carry the pid of the process writing them: True when that process is gone
+    (or is this one, which is not writing it now). Names without a pid are left alone."""
+    tail = name.rsplit("-", 1)[-1]
+    if not tail.isdigit():
+        return False
+    pid = int(tail)
+    return pid == os.getpid() or not pid_alive(pid)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -825,8 +1032,22 @@ class Trainer:
         Before resuming, the saved run's settings are compared with the present ones (see the module
         docstring): changes that break an exact continuation raise :class:`ResumeMismatchError` unless
         ``allow_changes=True``, which continues with the new learning rate / batch size / data knowingly.
-        Before the first step, ``out_dir`` is created and proven writable.
+        Before the first step, ``out_dir`` is created and proven writable, and its run lock
+        (``out_dir/run.lock``) is taken until ``fit`` returns or raises: another process training into the
+        same ``out_dir`` meanwhile gets :class:`RunLockedError` naming this one's pid.
         """
+        cfg = self.config
+        self._lock = None
+        try:
+            if cfg.out_dir is not None and self.is_main and Path(cfg.out_dir).is_dir():
+                self._lock = acquire_run_lock(cfg.out_dir)
+            return self._fit(resume, allow_changes)
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+
+    def _fit(self, resume: bool | str | os.PathLike, allow_changes: bool) -> list[dict]:
         cfg = self.config
         if resume:
             if resume is True:
@@ -858,6 +1079,8 @@ class Trainer:
             return self.history
         if cfg.out_dir is not None and self.is_main:  # found now, not at the first save after hours of training
             check_writable_dir(cfg.out_dir, "out_dir (where the checkpoints go)")
+            if self._lock is None:  # the folder was created just now
+                self._lock = acquire_run_lock(cfg.out_dir)
 
         sampler = _StepBatchSampler(
             len(self.dataset), cfg.batch_size, cfg.seed, start, cfg.max_steps, cfg.drop_last, self.rank, self.world_size
@@ -1143,8 +1366,9 @@ class Trainer:
 
         ckdir = root / "checkpoints"
         ckdir.mkdir(parents=True, exist_ok=True)
-        for stale in ckdir.glob(".tmp-*"):  # leftovers of a crash while writing
-            shutil.rmtree(stale, ignore_errors=True)
+        for stale in ckdir.glob(".tmp-*"):  # leftovers of a crash while writing: only of processes that are gone
+            if _temp_owner_dead(stale.name):
+                shutil.rmtree(stale, ignore_errors=True)
         tmp = ckdir / f".tmp-{_ckpt_name(self.step)}-{os.getpid()}"
         tmp.mkdir()
         meta = {"step": self.step, "format": CHECKPOINT_FORMAT}
@@ -1289,7 +1513,7 @@ class Trainer:
         if reported or refused:
             items = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in refused + reported)
             warnings.warn(f"resuming {shown_path(folder)} with changed settings ({items}); the result will differ "
-                          "from continuing the saved run unchanged", stacklevel=3)
+                          "from continuing the saved run unchanged", stacklevel=4)  # the caller of fit()
         if state.get("world_size", 1) != self.world_size:
             warnings.warn(
                 f"resuming {folder} (saved with world_size={state.get('world_size')}) on world_size="

@@ -16,8 +16,9 @@ from ldm_lite.conditioning.embedders import (
     layout_from_objects,
 )
 from ldm_lite.conditioning.spatial import InpaintConcat, OneHot, SemanticEncoder, SpatialRescaler
-from ldm_lite.conditioning.tokenizer import WordPieceTokenizer, minilm_dir
+from ldm_lite.conditioning.tokenizer import UnknownWordsWarning, WordPieceTokenizer, minilm_dir, unknown_words
 
 __all__ = ["ClassEmbedder", "TransformerEmbedder", "FrozenTextEncoder", "LayoutEmbedder", "TextTransformer",
-           "WordPieceTokenizer", "minilm_dir", "build_cond_stage", "fourier_features", "LAYOUT_FIELDS",
+           "WordPieceTokenizer", "UnknownWordsWarning", "unknown_words", "minilm_dir", "build_cond_stage",
+           "fourier_features", "LAYOUT_FIELDS",
            "layout_from_objects", "SpatialRescaler", "OneHot", "InpaintConcat", "SemanticEncoder"]

@@ -38,7 +38,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldm_lite.conditioning.tokenizer import WordPieceTokenizer, minilm_dir
+from ldm_lite.conditioning.tokenizer import (
+    WordPieceTokenizer,
+    minilm_dir,
+    shorten,
+    unknown_words,
+    unknown_words_message,
+    warn_unknown_words,
+)
 
 __all__ = ["ClassEmbedder", "TransformerEmbedder", "FrozenTextEncoder", "LayoutEmbedder", "TextTransformer",
            "LAYOUT_FIELDS", "layout_from_objects", "build_cond_stage"]
@@ -155,6 +162,7 @@ class TransformerEmbedder(nn.Module):
             lookup[torch.tensor(kept)] = torch.arange(len(kept))
             n = len(kept) + 1
         self.vocabulary = None if vocabulary is None else sorted(int(v) for v in vocabulary)
+        self._known_ids = None if vocabulary is None else frozenset(kept)  # the rest share the [UNK] row
         self.register_buffer("lookup", lookup.to(torch.int32), persistent=True)
         self.transformer = TextTransformer(n, max_length, embed_dim, depth, heads)
 
@@ -164,6 +172,33 @@ class TransformerEmbedder(nn.Module):
         tok = WordPieceTokenizer(max_length=max_length)
         ids, mask = tok(list(captions))
         return sorted(set(ids[mask].tolist()))
+
+    def unknown_words(self, captions: str | Sequence[str]) -> list[str]:
+        """The words of ``captions`` this embedder has no embedding for, in order, each once: words outside the
+        kept vocabulary (the words of its training captions) and anything WordPiece itself reads as ``[UNK]``
+        (emoji, rare symbols). They all share one ``[UNK]`` row, so the model ignores or misreads them.
+        ``model.cond_stage.unknown_words(["a purple unicorn"])`` -> ``["unicorn"]`` for the shapes text model."""
+        return self.tokenizer.unknown_words(captions, self._known_ids)
+
+    def _warn_unknown(self, captions, ids: torch.Tensor, mask: torch.Tensor) -> None:
+        """Warn (:class:`UnknownWordsWarning`) when string captions hold words without an embedding."""
+        if isinstance(captions, str):
+            captions = [captions]
+        if not isinstance(captions, (list, tuple)) or not all(isinstance(c, str) for c in captions):
+            return
+        unk = ids == self.tokenizer.tokenizer.unk_token_id
+        if self._known_ids is not None:
+            unk = unk | (self.lookup[ids].long() == self.transformer.token_embedding.num_embeddings - 1)
+        if not bool((unk & mask).any()):
+            return
+        words = self.unknown_words(captions)
+        if words:
+            kept = (" (this model keeps only the words of its training captions)" if self._known_ids is not None
+                    else "")
+            them = "it" if len(words) == 1 else "them"
+            warn_unknown_words(f"the text encoder has no embedding for {unknown_words_message(words)}{kept}: it "
+                               f"reads {them} as [UNK] (unknown) and the image will ignore or misread {them}; "
+                               "unknown_words(captions) lists such words before sampling")
 
     def tokenize(self, captions) -> tuple[torch.Tensor, torch.Tensor]:
         """Captions (or ``(ids, mask)`` / ids already tokenized) -> ``(ids, mask)`` on this module's device."""
@@ -188,6 +223,7 @@ class TransformerEmbedder(nn.Module):
 
     def forward(self, captions) -> tuple[torch.Tensor, torch.Tensor]:
         ids, mask = self.tokenize(captions)
+        self._warn_unknown(captions, ids, mask)
         h = self.transformer(self.lookup[ids].long(), mask)
         return h, mask
 
@@ -277,6 +313,14 @@ class FrozenTextEncoder(nn.Module):
         super().train(False)  # frozen: dropout off, always
         return self
 
+    def unknown_words(self, captions: str | Sequence[str]) -> list[str]:
+        """The words of ``captions`` the encoder's tokenizer reads as ``[UNK]`` (unknown), in order, each once.
+        MiniLM keeps BERT's whole WordPiece vocabulary (30,522 pieces), which spells almost any word from
+        pieces; what is left unknown is emoji and rare symbols."""
+        if self.tokenizer is not None:
+            return self.tokenizer.unknown_words(captions)
+        return unknown_words(self._hf_tokenizer, captions)
+
     def tokenize(self, captions) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(captions, str):
             captions = [captions]
@@ -290,6 +334,12 @@ class FrozenTextEncoder(nn.Module):
     def _encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         dev = next(self.model.parameters()).device
         ids, mask = self.tokenize(captions)
+        unk_id = (self.tokenizer.tokenizer if self.tokenizer is not None else self._hf_tokenizer).unk_token_id
+        if unk_id is not None and bool(((ids == unk_id) & mask.bool()).any()):
+            words = self.unknown_words(captions)
+            them = "it" if len(words) == 1 else "them"
+            warn_unknown_words(f"the text encoder {self.name!r} has no token for {unknown_words_message(words)}: it "
+                               f"reads {them} as [UNK] (unknown) and the image will ignore or misread {them}")
         ids, mask = ids.to(dev), mask.to(dev)
         out = self.model(input_ids=ids, attention_mask=mask.long())
         return out.last_hidden_state.float(), mask
@@ -321,6 +371,8 @@ class FrozenTextEncoder(nn.Module):
 
 # A layout row: x0, y0, x1, y1 (fractions of the image side), shape class, colour class, size class.
 LAYOUT_FIELDS = ("x0", "y0", "x1", "y1", "shape", "color", "size")
+# One object of a layout as written by hand (a --layout file holds a list of them).
+LAYOUT_OBJECT = '{"box": [x0, y0, x1, y1], "shape": "circle", "color": "red", "size": "big"}'
 
 
 def layout_from_objects(objects: Sequence[dict], max_objects: int = 3) -> torch.Tensor:
@@ -330,10 +382,15 @@ def layout_from_objects(objects: Sequence[dict], max_objects: int = 3) -> torch.
 
     if isinstance(objects, dict):
         objects = [objects]
+    if not isinstance(objects, (list, tuple)):
+        raise ValueError(f"a layout is a list of 1 to {max_objects} objects {LAYOUT_OBJECT}, got "
+                         f"{type(objects).__name__} {shorten(objects)}")
     if not 0 < len(objects) <= max_objects:
-        raise ValueError(f"a layout has 1 to {max_objects} objects, got {len(objects)}")
+        raise ValueError(f"a layout has 1 to {max_objects} objects {LAYOUT_OBJECT}, got {len(objects)}")
     out = LayoutEmbedder.empty(max_objects)
     for k, obj in enumerate(objects):
+        if not isinstance(obj, dict):
+            raise ValueError(f"layout object {k} is {shorten(obj)}, not an object {LAYOUT_OBJECT}")
         missing = {"box", "shape", "color"} - set(obj)
         if missing:
             raise ValueError(f"layout object {k} lacks {sorted(missing)}: write "
@@ -341,11 +398,14 @@ def layout_from_objects(objects: Sequence[dict], max_objects: int = 3) -> torch.
         names = dict(shape=(obj["shape"], SHAPES), color=(obj["color"], COLORS), size=(obj.get("size", "big"), SIZES))
         for field, (value, options) in names.items():
             if value not in options:
-                raise ValueError(f"layout object {k}: {field} {value!r} is not one of {options}")
-        box = [float(v) for v in obj["box"]]
-        if len(box) != 4 or not (0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1):
-            raise ValueError(f"layout object {k}: box {obj['box']} must be [x0, y0, x1, y1] fractions of the image "
-                             "side with 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1")
+                raise ValueError(f"layout object {k}: {field} {shorten(value)} is not one of {options}")
+        try:
+            box = [float(v) for v in obj["box"]] if isinstance(obj["box"], (list, tuple)) else None
+        except (TypeError, ValueError):
+            box = None
+        if box is None or len(box) != 4 or not (0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1):
+            raise ValueError(f"layout object {k}: box {shorten(obj['box'])} must be [x0, y0, x1, y1] fractions of the "
+                             "image side with 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1")
         out[k] = torch.tensor(box + [SHAPES.index(obj["shape"]), COLORS.index(obj["color"]),
                                      SIZES.index(obj.get("size", "big"))])
     return out

@@ -17,7 +17,67 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["minilm_dir", "WordPieceTokenizer"]
+__all__ = ["minilm_dir", "WordPieceTokenizer", "UnknownWordsWarning", "unknown_words", "shorten"]
+
+
+class UnknownWordsWarning(UserWarning):
+    """A caption has words the text encoder has no embedding for: it reads them as ``[UNK]`` (unknown), so the
+    image ignores or misreads them."""
+
+
+def shorten(text: str, limit: int = 60) -> str:
+    """``repr`` of ``text`` cut to its first ``limit`` characters (+ "…"): user input quoted in a message."""
+    text = str(text)
+    return repr(text if len(text) <= limit else text[:limit] + "…")
+
+
+def unknown_words(hf_tokenizer, captions: str | Sequence[str], known_ids=None) -> list[str]:
+    """The words of ``captions`` (in order, each once, as written) that a Hugging Face tokenizer maps to its
+    ``[UNK]`` token or, with ``known_ids`` (a set of token ids), to any token outside that set: the words a text
+    encoder has no embedding for. A word split into pieces counts when any piece is unknown."""
+    if isinstance(captions, str):
+        captions = [captions]
+    unk = hf_tokenizer.unk_token_id
+    out: list[str] = []
+    for caption in captions:
+        if not isinstance(caption, str):
+            raise TypeError(f"captions must be strings, got {type(caption).__name__} ({shorten(caption)})")
+        enc = hf_tokenizer(caption, add_special_tokens=False)
+        words = enc.word_ids() if getattr(enc, "is_fast", False) else [None] * len(enc["input_ids"])
+        bad: list[int | None] = []
+        for token, word in zip(enc["input_ids"], words):
+            if token == unk or (known_ids is not None and token not in known_ids):
+                if word not in bad:
+                    bad.append(word)
+        for word in bad:
+            if word is None:  # a slow tokenizer: no word positions, so name the token
+                text = "[UNK]"
+            else:
+                span = enc.word_to_chars(word)
+                text = caption[span.start:span.end]
+            if text not in out:
+                out.append(text)
+    return out
+
+
+def warn_unknown_words(message: str) -> None:
+    """Warn (:class:`UnknownWordsWarning`) at the first caller outside ldm_lite and torch: the line of user code
+    that handed over the captions."""
+    import os
+    import sys
+    import warnings
+
+    inside = (str(Path(__file__).resolve().parents[1]), str(Path(torch.__file__).resolve().parent))
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and os.path.realpath(frame.f_code.co_filename).startswith(inside):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UnknownWordsWarning, stacklevel=level)
+
+
+def unknown_words_message(words: Sequence[str], limit: int = 8) -> str:
+    """'unicorn', 'licorne' (and 3 more): unknown words named in a message."""
+    shown = ", ".join(shorten(w, 30) for w in words[:limit])
+    return shown + (f" (and {len(words) - limit} more)" if len(words) > limit else "")
 
 
 def minilm_dir() -> Path:
@@ -72,14 +132,14 @@ class WordPieceTokenizer:
         captions = list(captions)
         bad = [c for c in captions if not isinstance(c, str)]
         if bad:
-            raise TypeError(f"captions must be strings, got {type(bad[0]).__name__} ({bad[0]!r})")
+            raise TypeError(f"captions must be strings, got {type(bad[0]).__name__} ({shorten(bad[0])})")
         enc = self.tokenizer(captions, padding="max_length", max_length=self.max_length, truncation=False,
                              return_attention_mask=True)
         too_long = [(c, len(ids)) for c, ids in zip(captions, enc["input_ids"]) if len(ids) > self.max_length]
         if too_long:
             c, n = too_long[0]
             raise ValueError(
-                f"the caption {c!r} needs {n} tokens but max_length={self.max_length}; shorten it or build the "
+                f"the caption {shorten(c)} needs {n} tokens but max_length={self.max_length}; shorten it or build the "
                 f"tokenizer (and the text encoder) with max_length >= {n}"
             )
         ids = torch.tensor(enc["input_ids"], dtype=torch.long)
@@ -93,6 +153,11 @@ class WordPieceTokenizer:
         if ids.ndim == 1:
             ids = ids[None]
         return [self.tokenizer.decode(row.tolist(), skip_special_tokens=True) for row in ids]
+
+    def unknown_words(self, captions: str | Sequence[str], known_ids=None) -> list[str]:
+        """The words of ``captions`` that this vocabulary reads as ``[UNK]`` (or, with ``known_ids``, whose pieces
+        fall outside those ids), in order, each once (:func:`unknown_words`)."""
+        return unknown_words(self.tokenizer, captions, known_ids)
 
     def tokens(self, caption: str) -> list[str]:
         """The word pieces of one caption, with ``[CLS]`` and ``[SEP]`` (what each attention map's column is)."""

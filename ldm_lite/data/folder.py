@@ -1,9 +1,10 @@
 """Your own images: a folder (searched recursively) of JPEG/PNG/WebP files, optionally captioned.
 
 This is how the paper's datasets are used with the course code -- CelebA-HQ, FFHQ, LSUN, ImageNet
-(``data/README.md`` shows the layouts). Each image is converted to RGB (transparent pixels on white),
-its shorter side resized to ``size`` with an antialiasing filter, and the centre ``size x size``
-cropped -- the preprocessing of the LDM paper's unconditional models.
+(``data/README.md`` shows the layouts). Each image is read upright (EXIF orientation) and converted to RGB
+(transparent pixels on white) by the reader ``ldm-lite upscale`` / ``inpaint`` use too
+(:func:`ldm_lite.data.images.read_image`), its shorter side resized to ``size`` with an antialiasing filter, and
+the centre ``size x size`` cropped -- the preprocessing of the LDM paper's unconditional models.
 
 Problems that would otherwise surface hours into a training run are caught on construction:
 
@@ -51,12 +52,12 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from ldm_lite.data.common import SPLITS, split_mask, stable_fraction, to_image_tensor
+from ldm_lite.data.images import to_rgb
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 TEST_FRACTION = 0.1  # share of a folder held out for split="test", chosen by a hash of the relative path
 MIN_SPLIT_IMAGES = 10  # below this a held-out split still works, with a warning that its numbers are noise
 VALIDATE_MODES = (True, "full", "header", False)
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _FILE_KEYS = ("file", "file_name", "path")
 _CAPTION_KEYS = ("caption", "text")
 
@@ -127,16 +128,6 @@ def _read_utf8(path: Path) -> str:
         ) from None
 
 
-def _sixteen_bit_to_l(img):
-    """A 16-bit greyscale image (``I;16*``, or ``I`` as older PIL opens 16-bit PNGs) -> 8-bit ``L``, scaling
-    0..65535 to 0..255. PIL's ``convert("L")`` / ``convert("RGB")`` clip instead, so such images come out white."""
-    from PIL import Image
-
-    a = np.asarray(img).astype(np.float64)
-    a = np.clip(a, 0.0, 65535.0) / 257.0
-    return Image.fromarray(np.round(a).astype(np.uint8))
-
-
 def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
     """Open an image as uint8 RGB ``(size, size, 3)``: EXIF rotation applied, alpha composited on
     white, 16-bit greyscale scaled to 8 bits, shorter side resized to ``size`` (Lanczos, antialiased),
@@ -148,18 +139,10 @@ def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
 
 
 def _load_image(path, size: int) -> np.ndarray:
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img)
-        if img.mode in _SIXTEEN_BIT_MODES:
-            img = _sixteen_bit_to_l(img)
-        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-            rgba = img.convert("RGBA")
-            img = Image.new("RGB", rgba.size, (255, 255, 255))
-            img.paste(rgba, mask=rgba.getchannel("A"))
-        else:
-            img = img.convert("RGB")
+        img = to_rgb(img)  # the package's one reader: EXIF orientation, alpha on white, 16-bit grey scaled
         w, h = img.size
         scale = size / min(w, h)
         new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import io
 import math
+import numbers
+import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DEGRADATIONS", "TASKS", "SpatialTaskDataset", "degrade", "keep_mask_from", "one_hot_segmentation", "random_mask", "random_masks"]
+__all__ = ["DEGRADATIONS", "TASKS", "SpatialTaskDataset", "check_image_range", "degrade", "keep_mask_from", "one_hot_segmentation", "random_mask", "random_masks"]
 
 DEGRADATIONS = ("bicubic", "bsr")
 
@@ -33,6 +35,49 @@ def _as_batch(images: torch.Tensor, what: str = "images") -> tuple[torch.Tensor,
     return (images[None] if single else images), single
 
 
+IMAGE_RANGE_SLACK = 0.5
+
+
+def check_image_range(images: torch.Tensor, name: str = "images", all_nonnegative: str | None = "warn",
+                      where: str = "", why: str = "", stacklevel: int = 3) -> None:
+    """Check that ``images`` are images in the course's convention: finite, in [-1, 1].
+
+    * NaN / inf: ``ValueError``.
+    * Values beyond ``[-1 - IMAGE_RANGE_SLACK, 1 + IMAGE_RANGE_SLACK]`` = [-1.5, 1.5]: ``ValueError`` naming the
+      conversion (0..255 -> ``x / 127.5 - 1``). The slack lets through what resizing a [-1, 1] image does: bicubic
+      interpolation overshoots by at most 0.375 (its kernel's negative lobes), and samples are clamped only when
+      saved; no [-1, 1] image gets near 1.5, every 0..255 image with content gets far beyond it.
+    * Every value >= 0: almost surely [0, 1] images (``x * 2 - 1`` converts). ``all_nonnegative="warn"`` (a
+      ``UserWarning``) where a real [-1, 1] image can be bright everywhere -- a pale photo, a flat light-grey test
+      image; ``"error"`` where it cannot (``why`` says why, e.g. a dataset whose renders all have a dark
+      background); ``None`` skips the test.
+
+    ``name`` is the argument as the caller knows it, ``where`` a prefix such as ``"degrade: "``; ``stacklevel``
+    points the warning at the user's call (3: the caller of the function that calls this one).
+    """
+    x = images.detach()
+    if not x.is_floating_point():
+        x = x.float()
+    if x.numel() == 0:
+        return
+    verb = "contain" if name.endswith("s") else "contains"
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        raise ValueError(f"{where}{name} {verb} NaN or inf ({int(bad.sum())} of {x.numel()} values); pass finite "
+                         "images in [-1, 1] (torch.nan_to_num replaces such values deliberately)")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -1 - IMAGE_RANGE_SLACK or hi > 1 + IMAGE_RANGE_SLACK:
+        raise ValueError(f"{where}{name} must lie in [-1, 1]; got values in [{lo:.4g}, {hi:.4g}]: 0..255 images "
+                         "convert with x / 127.5 - 1, other ranges must be rescaled to [-1, 1]")
+    if all_nonnegative and lo >= 0:
+        msg = (f"{where}every value of {name} is >= 0: they look like [0, 1] images, but the course's images are in "
+               "[-1, 1]; convert with x * 2 - 1")
+        if all_nonnegative == "error":
+            raise ValueError(f"{msg}{f' ({why})' if why else ''}")
+        warnings.warn(f"{msg} (ignore this for [-1, 1] images that are bright everywhere)", UserWarning,
+                      stacklevel=stacklevel)
+
+
 # ----------------------------------------------------------------------------- super-resolution
 def degrade(images: torch.Tensor, factor: int = 4, kind: str = "bicubic", seed: int = 0) -> torch.Tensor:
     """The low-resolution input of a super-resolution model: ``images`` (B, 3, H, W) -> (B, 3, H/f, W/f).
@@ -42,6 +87,11 @@ def degrade(images: torch.Tensor, factor: int = 4, kind: str = "bicubic", seed: 
     degradation pipeline (App. D.6.1, after BSRGAN) for models meant for real images: a Gaussian blur of random
     width, a randomly chosen resampling filter, Gaussian noise and JPEG compression at random quality, each
     drawn per image from ``seed + index`` (deterministic). Output in [-1, 1].
+
+    ``images`` are checked where they enter (:func:`check_image_range`): NaN / inf and values beyond [-1.5, 1.5]
+    (0..255 images: the output would be all white) are errors; a batch with every value >= 0 gets a warning with
+    the conversion ``x * 2 - 1`` -- not an error, since a bright [-1, 1] image (a pale photo, a flat light grey)
+    is all >= 0 too.
     """
     x, single = _as_batch(images)
     if not isinstance(factor, int) or factor < 1:
@@ -51,6 +101,7 @@ def degrade(images: torch.Tensor, factor: int = 4, kind: str = "bicubic", seed: 
         raise ValueError(f"image size {h}×{w} is not divisible by factor {factor}; crop to a multiple of {factor}")
     if kind not in DEGRADATIONS:
         raise ValueError(f"unknown degradation {kind!r}; use one of {DEGRADATIONS}")
+    check_image_range(x, "images", where="degrade: ")
     size = (h // factor, w // factor)
     if kind == "bicubic":
         out = F.interpolate(x.float(), size=size, mode="bicubic", antialias=True, align_corners=False)
@@ -125,8 +176,18 @@ def random_mask(size: int | tuple[int, int], fraction: float = 0.3, seed: int = 
     Shapes are added one stroke segment or box at a time until at least ``fraction`` of the pixels are holes;
     a segment is small, so the result lands within a few points above the target (the tests pin it).
     ``kind``: ``"mixed"`` (strokes and boxes), ``"strokes"`` or ``"boxes"``. Deterministic in ``seed``.
+    ``size``: an int or a pair of ints (H, W); ``fraction``: a real number (not a string).
     """
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    is_int = lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)  # noqa: E731
+    pair = (not isinstance(size, (str, bytes)) and hasattr(size, "__len__") and len(size) == 2
+            and all(is_int(v) for v in size))
+    if not (is_int(size) or pair):
+        raise TypeError(f"random_mask: size must be an int or a pair of ints (H, W), got {size!r}; e.g. "
+                        f"random_mask(64) or random_mask((64, 96))")
+    if not isinstance(fraction, numbers.Real) or isinstance(fraction, bool):
+        raise TypeError(f"random_mask: fraction must be a number (the share of hole pixels, 0 < fraction < 0.95), "
+                        f"got {fraction!r} ({type(fraction).__name__}); e.g. fraction=0.3")
+    h, w = (int(size), int(size)) if is_int(size) else (int(size[0]), int(size[1]))
     if min(h, w) < 4:
         raise ValueError(f"mask size must be at least 4×4, got {h}×{w}")
     if not 0.0 < fraction < 0.95:

@@ -77,6 +77,7 @@ __all__ = [
     "check_guidance_scale",
     "check_eta",
     "check_finite",
+    "max_steps",
 ]
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
@@ -100,6 +101,28 @@ def _is_number(x) -> bool:
     except (TypeError, ValueError):
         return False
     return not isinstance(x, (str, bytes))
+
+
+def max_steps(num_timesteps: int = 1000, spacing: str = "uniform", steps_offset: int = 1) -> int:
+    """The most steps a run over ``num_timesteps`` training timesteps can take with this ``spacing`` and
+    ``steps_offset`` (:func:`~ldm_lite.diffusion.schedule.make_ddim_timesteps`): ``T`` for the full chain
+    (``steps_offset=0`` as DDPM, or ``"trailing"``), ``T - 1`` for ``"uniform"`` with offset 1 (``T`` steps
+    would end at timestep ``T``, one past the last), 29 for ``"quadratic"`` over T=1000 (more repeat timesteps).
+    The valid step counts are ``1..max_steps``."""
+    def ok(s: int) -> bool:
+        try:
+            make_ddim_timesteps(s, num_timesteps, spacing, steps_offset)
+        except ValueError:
+            return False
+        return True
+
+    if ok(num_timesteps):
+        return num_timesteps
+    lo, hi = 0, num_timesteps  # ok(lo) (or lo = 0), not ok(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return lo
 
 
 def check_guidance_scale(guidance_scale) -> float:
@@ -226,7 +249,18 @@ class Sampler:
             raise ValueError(
                 f"steps must be an integer in 1..{T} (the number of training timesteps), got {steps!r}"
             )
-        return make_ddim_timesteps(steps, T, spacing, self.steps_offset).flip(0)
+        try:
+            return make_ddim_timesteps(steps, T, spacing, self.steps_offset).flip(0)
+        except ValueError:
+            if spacing not in ("uniform", "leading", "quadratic", "quad"):
+                raise
+            most = max_steps(T, spacing, self.steps_offset)
+            if steps <= most:
+                raise
+        alternatives = (" or timestep_spacing='uniform'" if spacing in ("quadratic", "quad") else
+                        f", timestep_spacing='trailing', or sampler='ddpm' (steps_offset=0) for the full {T}-step chain")
+        raise ValueError(f"{self.name} with timestep_spacing={spacing!r} and steps_offset={self.steps_offset} takes at "
+                         f"most {most} of the T={T} timesteps, got steps={steps}: use steps <= {most}{alternatives}")
 
     # ---- reading the model output ----------------------------------------------------------------
     def eps_and_x0(self, model_output: torch.Tensor, x_t: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:

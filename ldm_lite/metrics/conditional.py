@@ -27,21 +27,40 @@ from ldm_lite.data.shapes import COLORS, SHAPES, SIZES
 from ldm_lite.metrics.distances import wilson_interval
 
 _OBJECT = re.compile(rf"\ba ({'|'.join(SIZES)}) ({'|'.join(COLORS)}) ({'|'.join(SHAPES)})\b")
+# Words a caption may use between its objects: ShapesDataset's relations ("left of", "right of", "above", "below",
+# ", which is") and a few plain joiners. Any other word is an error, not skipped: a skipped "a big magenta star"
+# would be scored as if the caption had never asked for it.
+_LINK_WORDS = frozenset(("a", "an", "the", "which", "is", "left", "right", "of", "above", "below", "and", "next", "to"))
+_VOCABULARY = (f"objects read 'a <size> <colour> <shape>' with sizes: {', '.join(SIZES)}; colours: "
+               f"{', '.join(COLORS)}; shapes: {', '.join(SHAPES)} (joined by 'left of', 'right of', 'above', 'below', "
+               "', which is')")
 
 
 def parse_caption(caption: str) -> list[tuple[str, str, str]]:
     """``"a big red circle left of a small blue square"`` -> ``[("big", "red", "circle"), ("small", "blue", "square")]``.
 
-    Raises ``ValueError`` for a caption that names no object in ShapesDataset's vocabulary.
+    Raises ``ValueError`` for a caption that names no object in ShapesDataset's vocabulary, uses a word the scorer
+    does not know (``"magenta"``, ``"star"``: naming it and listing the known sizes, colours and shapes), or names a
+    size, colour or shape outside a full ``a <size> <colour> <shape>`` object (``"a blue square"``) -- each would
+    otherwise be scored as if the caption had not asked for it.
     """
     if not isinstance(caption, str):
         raise TypeError(f"captions must be strings, got {type(caption).__name__}")
-    objects = _OBJECT.findall(caption.lower())
+    text = caption.lower()
+    objects = _OBJECT.findall(text)
+    words = re.findall(r"[a-z]+|[^a-z\s,.;:!?'\"()\-]+", _OBJECT.sub(" ", text))
+    known = set(SIZES) | set(COLORS) | set(SHAPES)
+    unknown = [w for w in words if w not in _LINK_WORDS and w not in known]
     if not objects:
-        raise ValueError(
-            f"caption {caption!r} names no ShapesDataset object; objects read 'a <size> <colour> <shape>' "
-            f"with size in {SIZES}, colour in {COLORS}, shape in {SHAPES}"
-        )
+        also = f" (unknown word {unknown[0]!r})" if unknown else ""
+        raise ValueError(f"caption {caption!r} names no ShapesDataset object{also}; {_VOCABULARY}")
+    if unknown:
+        raise ValueError(f"caption {caption!r}: unknown word {unknown[0]!r}, which the ShapesDataset scorer cannot "
+                         f"check; {_VOCABULARY}")
+    stray = [w for w in words if w in known]
+    if stray:
+        raise ValueError(f"caption {caption!r} names an incomplete object: {stray[0]!r} is not part of a full "
+                         f"'a <size> <colour> <shape>' (e.g. 'a small blue square'); {_VOCABULARY}")
     return objects
 
 
@@ -55,10 +74,17 @@ def _evaluator(evaluator):
     return evaluator
 
 
-def _detect(evaluator, images: torch.Tensor, batch_size: int = 128) -> list:
+def _detect(evaluator, images: torch.Tensor, batch_size: int = 128, what: str = "images") -> list:
+    """The attribute network's detections. ``images`` must be ShapesDataset-like renders in [-1, 1]: finite, within
+    the range, and not all >= 0 -- every render has a dark background (-0.84 in [-1, 1]), so a batch without a single
+    negative value is [0, 1] images (an error naming the conversion ``x * 2 - 1``), not a bright scene."""
+    from ldm_lite.data.spatial import check_image_range
+
     if not torch.is_tensor(images) or images.dim() != 4:
-        raise ValueError(f"images must be a (B, 3, H, W) tensor in [-1, 1]; got "
+        raise ValueError(f"{what} must be a (B, 3, H, W) tensor in [-1, 1]; got "
                          f"{tuple(images.shape) if torch.is_tensor(images) else type(images).__name__}")
+    check_image_range(images, what, all_nonnegative="error",
+                      why="ShapesDataset renders have a dark background at -0.84")
     device = next(evaluator.parameters()).device
     out = []
     for i in range(0, len(images), batch_size):
@@ -125,7 +151,7 @@ def caption_accuracy(images: torch.Tensor, captions: Sequence[str], evaluator=No
     if real_images is not None:
         if len(real_images) != len(images):
             raise ValueError(f"real_images must match images one to one; got {len(real_images)} and {len(images)}")
-        out["ceiling"] = _summary(_caption_hits(_detect(ev, real_images), captions)[0], seed)
+        out["ceiling"] = _summary(_caption_hits(_detect(ev, real_images, what="real_images"), captions)[0], seed)
     if holdout:
         pairs = {(c, s) for c, s in holdout}
         has = np.array([any((c, s) in pairs for _, c, s in parse_caption(cap)) for cap in captions], dtype=bool)

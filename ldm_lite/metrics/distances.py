@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from typing import Any
 
@@ -265,9 +266,10 @@ class StreamingFeatureStats:
 # ------------------------------------------------------------------------------------------------
 def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
     """Wilson score interval of a proportion (Wilson 1927): unlike the bootstrap it is not zero-width
-    when every trial succeeds (50 / 50 correct gives [0.93, 1.0], not [1.0, 1.0])."""
+    when every trial succeeds (50 / 50 correct gives [0.93, 1.0], not [1.0, 1.0]). ``level`` in (0, 1)."""
     from scipy.stats import norm
 
+    level = _check_level(level)
     if n == 0:
         return (float("nan"), float("nan"))
     z = float(norm.ppf(1 - (1 - level) / 2))
@@ -277,9 +279,23 @@ def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float,
     return float(max(0.0, centre - half)), float(min(1.0, centre + half))
 
 
+def _check_level(level) -> float:
+    """A confidence level: a real number strictly between 0 and 1 (0.95, not 95)."""
+    if isinstance(level, bool) or not isinstance(level, numbers.Real):
+        raise TypeError(f"level must be a number strictly between 0 and 1 (the interval's coverage, e.g. 0.95), got "
+                        f"{level!r} ({type(level).__name__})")
+    if not 0.0 < float(level) < 1.0:  # NaN fails too
+        hint = f"; for {level:g} % pass level={level / 100:g}" if 1 < level < 100 else ""
+        raise ValueError(f"level must be a number strictly between 0 and 1 (the interval's coverage, e.g. 0.95), got "
+                         f"{level!r}{hint}")
+    return float(level)
+
+
 def bootstrap_interval(values: Any, stat=np.mean, n_boot: int = 1000, seed: int = 0,
                        level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``stat`` over per-item ``values`` (resampled with replacement)."""
+    """Percentile bootstrap interval of ``stat`` over per-item ``values`` (resampled with replacement);
+    ``level`` in (0, 1)."""
+    level = _check_level(level)
     v = np.asarray(values, dtype=np.float64)
     if len(v) == 0:
         return (float("nan"), float("nan"))
@@ -315,8 +331,9 @@ def set_metrics_with_intervals(real_feats: Any, fake_feats: Any, n_boot: int = 1
     ``metrics=("kid",)`` returns exactly the KID of the full call, in a fifth of the time.
 
     Returns ``{"fid": dict(value, ci95), "kid": ..., "precision": ..., "recall": ..., "n_real", "n_fake"}``
-    (the metrics asked for).
+    (the metrics asked for). ``level`` (in (0, 1)) is checked first, before any metric is computed.
     """
+    level = _check_level(level)
     if isinstance(metrics, str):
         metrics = (metrics,)
     unknown = [m for m in metrics if m not in SET_METRICS]
