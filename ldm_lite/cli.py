@@ -466,6 +466,11 @@ def _check_sample_steps(args, manifest: dict) -> None:
                      f"the full {T}-step chain")
 
 
+def _check_steps_of(args, manifest: dict) -> None:
+    """--steps of upscale / inpaint, which sample with DDIM and uniform spacing (LatentDiffusion.sample's defaults)."""
+    _check_sample_steps(argparse.Namespace(steps=args.steps, sampler="ddim", timestep_spacing="uniform"), manifest)
+
+
 def _check_sample_set_out(out, force: bool) -> None:
     """A .npz sample set is written with a .json manifest beside it: never replace a .json that is not a sample-set
     manifest (a --layout file, a model's manifest), and an existing sample set only with --force."""
@@ -818,7 +823,7 @@ def _attention_peak(model, latent_hw, batch: int = 1) -> tuple[int, str, int]:
 
 def _memory_budget(max_memory: float | None, device) -> tuple[float | None, str]:
     """Bytes a run may use for its largest attention, and how that limit was set (for messages): --max-memory GB,
-    else 80 % of the memory available now (free GPU memory on CUDA, else the RAM the system reports as available;
+    else half the memory available now (free GPU memory on CUDA, else the RAM the system reports as available;
     None where it cannot tell)."""
     if max_memory is not None:
         return max_memory * 1e9, f"--max-memory {max_memory:g} GB"
@@ -839,7 +844,8 @@ def _memory_budget(max_memory: float | None, device) -> tuple[float | None, str]
                 available = float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
             except (ValueError, OSError, AttributeError):
                 return None, ""
-    return 0.8 * available, f"80 % of the {available / 1e9:.1f} GB available now; set a limit with --max-memory GB"
+    return 0.5 * available, (f"half the {available / 1e9:.1f} GB available now: the rest of the run needs room too; "
+                             "set a limit with --max-memory GB")
 
 
 def _check_attention_memory(model, image_wh, latent_hw, step: int, max_memory: float | None, doing: str,
@@ -942,11 +948,11 @@ def _add_upscale(sub) -> None:
                                  "transparency on white)")
     p.add_argument("output", help="where to write the upscaled image (.png / .jpg)")
     p.add_argument("--model", required=True, help="an exported super-resolution LDM (train-ldm --task sr)")
-    p.add_argument("--steps", type=_positive_int, default=50)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (at most 999)")
+    p.add_argument("--seed", type=_seed_int, default=0, help=f"0 to {2 ** 63 - 1}")
     p.add_argument("--threads", type=_positive_int, default=None)
     p.add_argument("--max-memory", type=_finite_float(0, low_open=True), default=None, metavar="GB",
-                   help="refuse inputs whose largest self-attention would need more than this (default: 80 %% of "
+                   help="refuse inputs whose largest self-attention would need more than this (default: half of "
                         "the memory available)")
 
 
@@ -958,7 +964,8 @@ def _run_upscale(args) -> dict:
     from ldm_lite.pretrained import load_ldm
 
     _check_out(args.output)
-    manifest = _manifest_of(args.model)
+    manifest = _manifest_of(args.model, kind="ldm")
+    _check_steps_of(args, manifest)
     if manifest.get("recipe", {}).get("task") != "sr":
         raise SystemExit(f"{args.model} is not a super-resolution model (train one with `ldm-lite train-ldm --task sr`)")
     _set_threads(args)
@@ -1015,11 +1022,11 @@ def _add_inpaint(sub) -> None:
                    help="training-free only: RePaint resampling JUMP_LENGTH,JUMP_N_SAMPLE, e.g. 5,4 (DDIM): after "
                         "every JUMP_LENGTH steps jump back JUMP_LENGTH steps, JUMP_N_SAMPLE - 1 times; needs "
                         "1 <= JUMP_LENGTH < --steps and JUMP_N_SAMPLE >= 2")
-    p.add_argument("--steps", type=_positive_int, default=50)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (at most 999)")
+    p.add_argument("--seed", type=_seed_int, default=0, help=f"0 to {2 ** 63 - 1}")
     p.add_argument("--threads", type=_positive_int, default=None)
     p.add_argument("--max-memory", type=_finite_float(0, low_open=True), default=None, metavar="GB",
-                   help="refuse images whose largest self-attention would need more than this (default: 80 %% of "
+                   help="refuse images whose largest self-attention would need more than this (default: half of "
                         "the memory available)")
 
 
@@ -1056,7 +1063,8 @@ def _run_inpaint(args) -> dict:
         reading = f"{'white' if args.mask_means == 'hole' else 'black'} = hole, --mask-means {args.mask_means}"
     if keep.min() == 1:
         raise SystemExit(f"mask {_path(args.mask)} has no hole ({reading}); nothing to fill")
-    manifest = _manifest_of(args.model)
+    manifest = _manifest_of(args.model, kind="ldm")
+    _check_steps_of(args, manifest)
     trained = manifest.get("recipe", {}).get("task") == "inpaint"
     key = manifest.get("ldm", {}).get("conditioning_key")
     if not trained and key is not None:

@@ -226,3 +226,20 @@ def test_a_coloured_mask_works_directly_or_with_the_advice_it_gives(soft, tmp_pa
         line = one_line_error(res, "--threshold")
         res = run(*argv, *re.search(r"(--threshold [0-9.]+)", line).group(1).split())
     assert _summary(res)["hole_fraction"] == 0.125
+
+
+# ----------------------------------------------------------------------------- steps, seed and model kind up front
+def test_upscale_and_inpaint_check_steps_seed_and_model_kind_before_loading(tmp_path):
+    Image.new("RGB", (16, 16)).save(tmp_path / "small.png")
+    Image.new("RGB", (64, 64)).save(tmp_path / "img.png")
+    Image.fromarray(_hole_mask(64, 64)).save(tmp_path / "mask.png")
+    up = ["upscale", tmp_path / "small.png", tmp_path / "up.png", "--model", SR, "--threads", "1"]
+    fill = ["inpaint", tmp_path / "img.png", tmp_path / "mask.png", tmp_path / "out.png", "--model", UNCOND,
+            "--threads", "1"]
+    for argv in (up, fill):
+        one_line_error(run(*argv, "--steps", "1000"), "--steps 1000", "999 or fewer")
+        res = run(*argv, "--steps", "1", "--seed", "-1")
+        assert res.returncode == 2 and "--seed: must be an integer from 0 to" in res.stderr, res.stderr
+    one_line_error(run("upscale", tmp_path / "small.png", tmp_path / "up.png", "--model", "ae_kl_f4_openmoji64",
+                       *FAST), "kind 'autoencoder'", "not 'ldm'")
+    assert not list(p for p in tmp_path.iterdir() if p.name in ("up.png", "out.png"))
