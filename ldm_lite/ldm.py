@@ -97,6 +97,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ldm_lite.autoencoder.first_stage import IdentityFirstStage, is_pixel_space
 from ldm_lite.autoencoder.model import check_image_channels, check_image_size
 from ldm_lite.conditioning.condition import (
     as_condition,
@@ -220,7 +221,8 @@ class LatentDiffusion(nn.Module):
         if not isinstance(unet, nn.Module):
             raise TypeError(f"unet must be an nn.Module (a UNetModel), got {type(unet).__name__}")
 
-        self.first_stage = first_stage
+        # pixel space is a first stage too (f = 1, the image is its own latent): nothing below asks whether there is one
+        self.first_stage = first_stage if first_stage is not None else IdentityFirstStage(unet.out_channels)
         self.unet = unet
         self.cond_stage = cond_stage
         self.conditioning_key = conditioning_key
@@ -240,9 +242,8 @@ class LatentDiffusion(nn.Module):
         self.register_buffer("scale_factor", torch.tensor(float(scale_factor), dtype=torch.float32))
         self.scale_estimated = False  # set by estimate_scale_factor (a resumed run restores the buffer)
 
-        if first_stage is not None:
-            first_stage.eval()
-            first_stage.requires_grad_(False)
+        self.first_stage.eval()
+        self.first_stage.requires_grad_(False)
         if cond_stage is not None and not self.cond_stage_trainable:
             cond_stage.eval()
             cond_stage.requires_grad_(False)
@@ -270,14 +271,17 @@ class LatentDiffusion(nn.Module):
     @property
     def f(self) -> int:
         """The first stage's downsampling factor (1 in pixel space)."""
-        return int(getattr(self.first_stage, "f", 1)) if self.first_stage is not None else 1
+        return int(self.first_stage.f)
 
     @property
     def latent_channels(self) -> int:
         """Channels of the diffusion model's sample: the autoencoder's ``embed_dim`` (pixel space: image channels)."""
-        if self.first_stage is not None and hasattr(self.first_stage, "embed_dim"):
-            return int(self.first_stage.embed_dim)
-        return int(self.unet.out_channels)
+        return int(self.first_stage.latent_channels)
+
+    @property
+    def pixel_space(self) -> bool:
+        """True for a diffusion model on the images themselves (``first_stage=None`` at construction)."""
+        return is_pixel_space(self.first_stage)
 
     @property
     def device(self) -> torch.device:
@@ -290,7 +294,7 @@ class LatentDiffusion(nn.Module):
         zc = self.latent_channels
         u_in, u_out = getattr(unet, "in_channels", None), getattr(unet, "out_channels", None)
         context_dim, num_classes = getattr(unet, "context_dim", None), getattr(unet, "num_classes", None)
-        where = "the autoencoder's latent" if self.first_stage is not None else "the image"
+        where = "the image" if self.pixel_space else "the autoencoder's latent"
         if u_out is not None and u_out != zc:
             raise ValueError(
                 f"the UNet predicts out_channels={u_out} channels but {where} has {zc}; build the UNet with "
@@ -353,7 +357,7 @@ class LatentDiffusion(nn.Module):
                 "num_classes = n + 1 and pass unconditional_value=n (zeros would be class 0)"
             )
         if self.scale_by_std:
-            if self.first_stage is None:
+            if self.pixel_space:
                 raise ValueError(
                     "scale_by_std=True estimates the scale of an autoencoder's latents, but this is a pixel-space "
                     "model (first_stage=None): images in [-1, 1] need no rescaling; set scale_by_std=False"
@@ -375,7 +379,7 @@ class LatentDiffusion(nn.Module):
     @torch.no_grad()
     def estimate_scale_factor(self, images: torch.Tensor) -> float:
         """Set ``scale_factor = 1 / std(E(images))`` (all elements of the unscaled latents pooled); return it."""
-        if self.first_stage is None:
+        if self.pixel_space:
             raise ValueError("estimate_scale_factor needs a first stage; a pixel-space model keeps scale_factor=1")
         self.scale_factor.fill_(1.0)
         z = self.encode_first_stage(images.to(self.scale_factor.device))
@@ -393,25 +397,12 @@ class LatentDiffusion(nn.Module):
         VQ: the pre-quantisation latent. Pixel space: ``x`` itself (times ``scale_factor``, i.e. 1).
         Runs without gradients (the first stage is frozen).
         """
-        if self.first_stage is None:
-            check_image_channels(x, self.latent_channels, "this pixel-space model")
-            return x * self.scale_factor.to(x.dtype)
-        cfg = getattr(self.first_stage, "config", None)
-        c_in = getattr(cfg, "in_channels", None)
-        if c_in is not None:
-            check_image_channels(x, c_in, "the autoencoder")  # before the size: (B, H, W, C) is named here
-        elif not torch.is_tensor(x) or x.ndim != 4:
-            raise ValueError(f"expected images of shape (B, C, H, W), got {getattr(x, 'shape', type(x).__name__)}")
+        # before the size: (B, H, W, C) is named here
+        check_image_channels(x, self.first_stage.in_channels,
+                             "this pixel-space model" if self.pixel_space else "the autoencoder")
         check_image_size(*x.shape[-2:], self.f, what="the autoencoder's downsampling factor")
-        with torch.no_grad():
-            if hasattr(self.first_stage, "encode_pre_quant"):  # VQ: the continuous latent, quantised in decode
-                z = self.first_stage.encode_pre_quant(x)
-            else:
-                out = self.first_stage.encode(x)
-                if hasattr(out, "mode"):
-                    z = out.mode() if self.posterior == "mode" else out.sample(generator)
-                else:
-                    z = out
+        with torch.no_grad():  # KL: the posterior mode or a draw; VQ: the latent before quantisation
+            z = self.first_stage.encode_latent(x, sample=self.posterior == "sample", generator=generator)
         return z.float() * self.scale_factor
 
     def decode_first_stage(self, z: torch.Tensor, force_quantize: bool = True, tile: int | None = None,
@@ -423,13 +414,10 @@ class LatentDiffusion(nn.Module):
         -- constant memory for large canvases, at the price of per-tile normalisation statistics.
         """
         z = z / self.scale_factor.to(z.dtype)
-        if self.first_stage is None:
-            return z
-        if hasattr(self.first_stage, "encode_pre_quant"):
-            def decode(zz):
-                return self.first_stage.decode(zz, force_quantize=force_quantize)
-        else:
-            decode = self.first_stage.decode
+
+        def decode(zz):
+            return self.first_stage.decode_latent(zz, force_quantize=force_quantize)
+
         if tile is not None:
             from ldm_lite.autoencoder.tiled import tiled_decode
 
@@ -685,8 +673,7 @@ class LatentDiffusion(nn.Module):
     def train(self, mode: bool = True) -> "LatentDiffusion":
         """Train mode for the UNet (and a trainable cond stage); the frozen parts stay in eval mode."""
         super().train(mode)
-        if self.first_stage is not None:
-            self.first_stage.eval()
+        self.first_stage.eval()
         if self.cond_stage is not None and not self.cond_stage_trainable:
             self.cond_stage.eval()
         return self
@@ -864,7 +851,7 @@ class LatentDiffusion(nn.Module):
         mask, x0 = self._known_region(x0, keep_mask, hole_mask, shape)
         # ---- sample
         if isinstance(sampler, str):
-            sampler_kwargs.setdefault("clip_denoised", self.first_stage is None and float(self.scale_factor) == 1.0)
+            sampler_kwargs.setdefault("clip_denoised", self.pixel_space and float(self.scale_factor) == 1.0)
             sampler = make_sampler(sampler, self.schedule, self.parameterization, **sampler_kwargs)
         elif sampler_kwargs:
             raise ValueError(f"sampler options {sorted(sampler_kwargs)} only apply when sampler is a name")
@@ -926,7 +913,7 @@ class LatentDiffusion(nn.Module):
             raise ValueError(f"x0 holds {x0.shape[0]} images but num_samples={b}; give one x0 (used for every sample) "
                              f"or one per sample")
         xh, xw = x0.shape[-2:]
-        image = self.first_stage is not None and f > 1 and (xh, xw) == (big_h, big_w)
+        image = not self.pixel_space and f > 1 and (xh, xw) == (big_h, big_w)
         if not image and (xh, xw) != (h, w):
             canvas = (f"latent_size=({xh // f}, {xw // f})" if xh % f == 0 and xw % f == 0
                       else f"a size divisible by f={f}")
@@ -935,10 +922,10 @@ class LatentDiffusion(nn.Module):
                              + (f" ({h}x{w} latents)" if f > 1 else "")
                              + f"; pass x0 at {at}, or sample a canvas of x0's size with {canvas}")
         if not image and x0.shape[1] != zc:
-            encode = f"; pass the image at {big_h}x{big_w} to have it encoded" if self.first_stage is not None else ""
+            encode = "" if self.pixel_space else f"; pass the image at {big_h}x{big_w} to have it encoded"
             raise ValueError(f"x0 at the latent size {h}x{w} must have {zc} channels (a latent of this model); got "
                              f"{x0.shape[1]}{encode}")
-        if image or (self.first_stage is None and float(self.scale_factor) == 1.0):
+        if image or (self.pixel_space and float(self.scale_factor) == 1.0):
             # an image in [-1, 1] (a latent has no fixed range); the warning points at the caller of sample
             check_image_range(x0, "x0", stacklevel=5)
         # the mask: (H, W) / (1 or B, H, W) / (1 or B, C, H, W) -> 4-D

@@ -363,6 +363,17 @@ class _FirstStage(nn.Module):
         """The decoder's last conv weight: the adaptive GAN weight compares gradients there (App. G)."""
         return self.decoder.conv_out.weight
 
+    # the first-stage protocol (ldm_lite/autoencoder/first_stage.py): what a latent diffusion model asks
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the latent (``embed_dim``)."""
+        return self.embed_dim
+
+    @property
+    def in_channels(self) -> int:
+        """Channels of the images it encodes."""
+        return self.config.in_channels
+
     def latent_shape(self, size: int | tuple[int, int]) -> tuple[int, int, int]:
         """(embed_dim, H/f, W/f) for an input of the given size."""
         H, W = (size, size) if isinstance(size, int) else size
@@ -396,6 +407,16 @@ class AutoencoderKL(_FirstStage):
         """z (B, embed_dim, h, w) -> x_hat (B, 3, h*f, w*f)."""
         self._check_latent(z)
         return self.decoder(self.post_quant_conv(z))
+
+    def encode_latent(self, x: torch.Tensor, sample: bool = False,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """The latent a diffusion model is trained on: the posterior mode, or a draw from q(z|x) (``sample``)."""
+        posterior = self.encode(x)
+        return posterior.sample(generator) if sample else posterior.mode()
+
+    def decode_latent(self, z: torch.Tensor, force_quantize: bool = True) -> torch.Tensor:
+        """Same as :meth:`decode` (``force_quantize`` is for the protocol; a KL latent has no codebook)."""
+        return self.decode(z)
 
     def forward(self, x: torch.Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None):
         """Returns (x_hat, posterior). Training samples z ~ q(z|x); evaluation uses the mean."""
@@ -436,6 +457,16 @@ class VQModel(_FirstStage):
         if force_quantize:
             z, _, _ = self.quantize(z)
         return self.decoder(self.post_quant_conv(z))
+
+    def encode_latent(self, x: torch.Tensor, sample: bool = False,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """The latent a diffusion model is trained on: the continuous pre-quantisation latent (``sample`` has no
+        meaning for a VQ model and is ignored)."""
+        return self.encode_pre_quant(x)
+
+    def decode_latent(self, z: torch.Tensor, force_quantize: bool = True) -> torch.Tensor:
+        """Same as :meth:`decode`: quantise (by default), then decode."""
+        return self.decode(z, force_quantize=force_quantize)
 
     def forward(self, x: torch.Tensor):
         """Returns (x_hat, vq_loss, info)."""
