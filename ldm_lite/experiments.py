@@ -20,6 +20,7 @@ import torch
 from ldm_lite.autoencoder.model import AutoencoderConfig, build_autoencoder
 from ldm_lite.autoencoder.training import AutoencoderModule, evaluate_reconstruction
 from ldm_lite.train import TrainConfig, Trainer
+from ldm_lite.train.lock import acquire_run_lock, check_run_lock
 
 DATASETS = ("openmoji", "shapes", "fashion", "photos")
 
@@ -188,13 +189,12 @@ def stack_images(dataset, limit: int | None = None) -> torch.Tensor:
 
 def _preflight(out_dir: str | None, resume):
     """What a run can know before loading data and training: no other process trains in ``out_dir`` (its run
-    lock, :func:`ldm_lite.train.acquire_run_lock`), the folder can be written, and holds a run to resume exactly
+    lock, :func:`ldm_lite.train.lock.acquire_run_lock`), the folder can be written, and holds a run to resume exactly
     when ``resume`` says so (the Trainer checks the same, but only after the data are ready). Returns the run lock,
     which the caller releases when the run ends (or None without ``out_dir``)."""
     if out_dir is None:
         return None
     from ldm_lite.io import check_writable_dir, shown_path
-    from ldm_lite.train import acquire_run_lock, check_run_lock
 
     check_run_lock(out_dir)  # a live run there: say so, not "pass --resume" (its latest.json is still moving)
     latest = Path(out_dir) / "latest.json"
@@ -406,7 +406,7 @@ def train_autoencoder(recipe: AERecipe, out_dir: str | None = None, ckpt_every: 
     a JSON manifest recording data, command, steps, wall time and held-out metrics; an existing checkpoint of
     that name is replaced only with ``force=True``. Both ``out_dir`` and ``export`` are checked (writable, not
     taken) before any data are loaded, as are the data name and ``init_from`` (kind and architecture). While the
-    run trains it holds ``out_dir``'s run lock (:func:`ldm_lite.train.acquire_run_lock`): a second run on the same
+    run trains it holds ``out_dir``'s run lock (:func:`ldm_lite.train.lock.acquire_run_lock`): a second run on the same
     folder is refused, naming this one's pid.
     """
     check_dataset(recipe.data)
@@ -916,7 +916,7 @@ def train_ldm(recipe: LDMRecipe, first_stage=None, out_dir: str | None = None, c
     training started), which ``load_ldm`` checks. An existing checkpoint of the export's name is replaced only
     with ``force=True``; it, and a writable ``out_dir``, are checked before any data are loaded, as are the
     data name, the captions of text conditioning and the kinds of the first stage and ``init_from``. While the run
-    trains it holds ``out_dir``'s run lock (:func:`ldm_lite.train.acquire_run_lock`): a second run on the same
+    trains it holds ``out_dir``'s run lock (:func:`ldm_lite.train.lock.acquire_run_lock`): a second run on the same
     folder is refused, naming this one's pid.
     """
     _check_ldm_inputs(recipe, first_stage)

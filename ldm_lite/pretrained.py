@@ -163,7 +163,7 @@ def _export_run_hint(run: Path) -> str:
 
     state, step = {}, None
     try:
-        from ldm_lite.train import _resolve_checkpoint
+        from ldm_lite.train.checkpoint import _resolve_checkpoint
 
         folder = _resolve_checkpoint(run)
         state = json.loads((folder / "trainer.json").read_text())

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import ldm_lite.train as train_mod
+import ldm_lite.train.checkpoint as checkpoint_mod
 from ldm_lite.autoencoder.model import AutoencoderKL
 from ldm_lite.io import sha256_file
 from ldm_lite.pretrained import (
@@ -457,17 +457,17 @@ def _child(out: str, pause: str | None, pause_step: int | None, marker: str):
     """Train (resuming when there is a checkpoint); optionally stop dead inside one checkpoint write."""
     torch.set_num_threads(1)
     if pause == "trainer.json":  # model / EMA / optimiser / RNG files written, trainer.json not yet
-        real = train_mod._write_json
+        real = checkpoint_mod._write_json
 
         def slow(path, obj, indent=1):
-            if Path(path).name == "trainer.json" and f".tmp-{train_mod._ckpt_name(pause_step)}" in str(path):
+            if Path(path).name == "trainer.json" and f".tmp-{checkpoint_mod._ckpt_name(pause_step)}" in str(path):
                 Path(marker).write_text("pausing")
                 time.sleep(60)
             return real(path, obj, indent)
 
-        train_mod._write_json = slow
+        checkpoint_mod._write_json = slow
     elif pause == "latest.json":  # the folder renamed into place, latest.json not updated yet
-        real_atomic = train_mod._atomic_write_json
+        real_atomic = checkpoint_mod._atomic_write_json
 
         def slow_latest(path, obj):
             if obj.get("step") == pause_step:
@@ -475,7 +475,7 @@ def _child(out: str, pause: str | None, pause_step: int | None, marker: str):
                 time.sleep(60)
             return real_atomic(path, obj)
 
-        train_mod._atomic_write_json = slow_latest
+        checkpoint_mod._atomic_write_json = slow_latest
 
     def started(trainer, logs):
         if not os.path.exists(marker):
@@ -519,11 +519,11 @@ def test_sigkill_during_checkpoint_writes_keeps_the_last_checkpoint_and_exact_re
         # the last checkpoint loads (its sha256 record checks every file) and every visible folder is complete
         folder = Path(Trainer.latest_checkpoint(out))
         step = json.loads((out / "latest.json").read_text())["step"]
-        assert folder.name == train_mod._ckpt_name(step) and step >= last_step
+        assert folder.name == checkpoint_mod._ckpt_name(step) and step >= last_step
         if pause == "trainer.json":
-            assert step == pause_step - 1 and not (out / "checkpoints" / train_mod._ckpt_name(pause_step)).exists()
+            assert step == pause_step - 1 and not (out / "checkpoints" / checkpoint_mod._ckpt_name(pause_step)).exists()
         if pause == "latest.json":
-            assert step == pause_step - 1 and (out / "checkpoints" / train_mod._ckpt_name(pause_step)).is_dir()
+            assert step == pause_step - 1 and (out / "checkpoints" / checkpoint_mod._ckpt_name(pause_step)).is_dir()
         Trainer.load_weights(out, Tiny(), ema=True)
         for d in (out / "checkpoints").glob("step_*"):
             assert (d / "trainer.json").is_file(), d

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import ldm_lite.train as train_mod
+import ldm_lite.train.loop as loop_mod
 from ldm_lite.train import NonFiniteLossError, TrainConfig, Trainer, _StepBatchSampler
 
 
@@ -413,7 +414,7 @@ def test_progress_bar_shows_loss_and_can_be_disabled(monkeypatch):
         def close(self):
             pass
 
-    monkeypatch.setattr(train_mod, "tqdm", FakeBar)
+    monkeypatch.setattr(loop_mod, "tqdm", FakeBar)
     run(max_steps=4, progress=True, log_every=2)
     run(max_steps=1, progress=False)
     assert bars[0].kw["disable"] is False and bars[0].n == 4 and bars[0].kw["total"] == 4
