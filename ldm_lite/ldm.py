@@ -83,7 +83,7 @@ here                           CompVis                                     note
 ``unconditional_value``        ``unconditional_guidance_label`` (sampling)  a raw null condition
 =============================  ==========================================  ==================================
 
-The class follows :mod:`ldm_lite.train`'s module protocol, so ``Trainer(ldm, dataset, cfg).fit()``
+The class follows :mod:`ldm_lite.train.loop`'s module protocol, so ``Trainer(ldm, dataset, cfg).fit()``
 trains it: ``configure_optimizers`` (one AdamW over the UNet and a trainable cond stage; the first
 stage is frozen), ``training_step``, ``ema_module`` and ``on_train_start`` (the scale estimate).
 """
