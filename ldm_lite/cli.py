@@ -467,8 +467,17 @@ def _check_sample_steps(args, manifest: dict) -> None:
 
 
 def _check_steps_of(args, manifest: dict) -> None:
-    """--steps of upscale / inpaint, which sample with DDIM and uniform spacing (LatentDiffusion.sample's defaults)."""
-    _check_sample_steps(argparse.Namespace(steps=args.steps, sampler="ddim", timestep_spacing="uniform"), manifest)
+    """--steps of upscale / inpaint, which sample with DDIM and uniform spacing (LatentDiffusion.sample's defaults;
+    neither command has --sampler or --timestep-spacing, so the only fix to offer is fewer steps)."""
+    import inspect
+
+    from ldm_lite.diffusion.samplers import SAMPLERS, max_steps
+
+    T = int((manifest.get("schedule") or {}).get("n_timestep") or 1000)
+    most = max_steps(T, "uniform", inspect.signature(SAMPLERS["ddim"]).parameters["steps_offset"].default)
+    if args.steps > most:
+        raise SystemExit(f"--steps {args.steps}: {args.command} samples with DDIM, which visits at most {most} of the "
+                         f"model's {T} timesteps; use --steps {most} or fewer (50 is the usual choice)")
 
 
 def _check_sample_set_out(out, force: bool) -> None:
