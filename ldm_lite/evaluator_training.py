@@ -23,10 +23,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ldm_lite.data import load_fashion_mnist, load_openmoji
 from ldm_lite.data.augment import gaussian_blur, random_affine, random_degrade
+from ldm_lite.data.shapes import ShapesDataset
+from ldm_lite.experiments import check_checkpoint
+from ldm_lite.metrics.conditional import shapes_heldout_accuracy
 from ldm_lite.metrics.evaluators import (
     SHAPES_HEADS, EmojiFeatureNet, FashionClassifier, ShapesAttributeNet, build_evaluator, count_parameters,
 )
+from ldm_lite.pretrained import check_export_target, load_autoencoder, save_pretrained
+from ldm_lite.progress import progress as tqdm
 
 DATASET_OF = {"fashion-classifier": "fashion", "shapes-attributes": "shapes", "openmoji-simclr": "openmoji"}
 
@@ -88,8 +94,6 @@ def _lr_at(step: int, recipe: EvaluatorRecipe) -> float:
 
 # ------------------------------------------------------------------ per network: a batch and a loss
 def _fashion_data(recipe):
-    from ldm_lite.data import load_fashion_mnist
-
     train = load_fashion_mnist("train")
     test = load_fashion_mnist("test")
     to_t = lambda ds: torch.from_numpy(ds.images).permute(0, 3, 1, 2).float().div(127.5).sub(1)  # noqa: E731
@@ -142,12 +146,8 @@ def shapes_loss(out: dict, batch: dict) -> torch.Tensor:
 
 
 def _shapes_data(recipe):
-    from ldm_lite.data.shapes import ShapesDataset
-
     ae = None
     if recipe.ae:
-        from ldm_lite.pretrained import load_autoencoder
-
         ae = load_autoencoder(recipe.ae)
     return dict(train=ShapesDataset(64, length=10**9, seed=1000 + recipe.seed), ae=ae)
 
@@ -159,8 +159,6 @@ def _shapes_step(model, data, recipe, g, step):
 
 
 def _emoji_data(recipe):
-    from ldm_lite.data import load_openmoji
-
     train = load_openmoji(64, "train", progress=False)
     test = load_openmoji(64, "test", progress=False)
     to_t = lambda ds: torch.from_numpy(ds.images).permute(0, 3, 1, 2).float().div(127.5).sub(1)  # noqa: E731
@@ -211,13 +209,8 @@ def train_evaluator(recipe: EvaluatorRecipe, export: str | None = None, progress
     """Train the recipe's network; measure it on held-out data; export it (``export=`` a name for
     ``data/pretrained/`` or a path). Returns ``(model, report)``. An existing checkpoint of the export's name is
     replaced only with ``force=True``; that, and that its folder is writable, are checked before training."""
-    from ldm_lite.pretrained import check_export_target
-    from ldm_lite.progress import progress as tqdm
-
     path = check_export_target(export, force) if export else None
     if recipe.ae is not None:  # a missing name or another kind of checkpoint is found before any work
-        from ldm_lite.experiments import check_checkpoint
-
         check_checkpoint(recipe.ae, "autoencoder", f"ae={recipe.ae!r}")
     torch.manual_seed(recipe.seed)
     g = torch.Generator().manual_seed(recipe.seed)
@@ -252,8 +245,6 @@ def train_evaluator(recipe: EvaluatorRecipe, export: str | None = None, progress
                   parameters=count_parameters(model), threads=torch.get_num_threads())
 
     def save(replace: bool):  # the weights are written before the (slower) held-out measurement: nothing is lost
-        from ldm_lite.pretrained import save_pretrained
-
         manifest = dict(report, kind="evaluator", config=recipe.config, dataset=DATASET_OF[recipe.network],
                         recipe=asdict(recipe),
                         command=command or "python " + " ".join(shlex.quote(a) for a in sys.argv),
@@ -267,8 +258,6 @@ def train_evaluator(recipe: EvaluatorRecipe, export: str | None = None, progress
         xt, yt = data["x_test"][: recipe.eval_n], data["y_test"][: recipe.eval_n]
         metrics = dict(test=evaluate_fashion(model, xt, yt), test_degraded=evaluate_fashion(model, xt, yt, degraded=1.0))
     elif recipe.network == "shapes-attributes":
-        from ldm_lite.metrics.conditional import shapes_heldout_accuracy
-
         metrics = shapes_heldout_accuracy(model, n=recipe.eval_n or 1000)
     else:
         metrics = dict(heldout=evaluate_emoji(model, data["x_test"], strength=recipe.augment))

@@ -17,143 +17,36 @@ from typing import Sequence
 
 import torch
 
+from ldm_lite.autoencoder.losses import LPIPSWithDiscriminator, VQLPIPSWithDiscriminator
 from ldm_lite.autoencoder.model import AutoencoderConfig, build_autoencoder
 from ldm_lite.autoencoder.training import AutoencoderModule, evaluate_reconstruction
+from ldm_lite.conditioning import (
+    ClassEmbedder, FrozenTextEncoder, InpaintConcat, LayoutEmbedder, SemanticEncoder, SpatialRescaler,
+    TransformerEmbedder,
+)
+from ldm_lite.data.folder import read_captions
+from ldm_lite.data.registry import (  # the dataset registry; its names stay importable from here
+    DATASETS,
+    ImageMixture,  # noqa: F401
+    _has_shapes,
+    _parse_part,
+    check_dataset,
+    load_dataset,
+    parse_holdout,
+)
+from ldm_lite.data.shapes import MAX_OBJECTS, SHAPES, make_caption
+from ldm_lite.data.spatial import DEGRADATIONS, TASKS, SpatialTaskDataset
+from ldm_lite.diffusion import NoiseSchedule
+from ldm_lite.io import check_writable_dir, sha256_file, shown_path
+from ldm_lite.ldm import LatentDiffusion
+from ldm_lite.pretrained import (
+    PRETRAINED_DIR, ExistingExportError, check_export_target, first_stage_record, ldm_export_module,
+    list_pretrained, load_autoencoder, load_manifest, load_state_dict, resolve, save_pretrained,
+)
+from ldm_lite.progress import write
 from ldm_lite.train import TrainConfig, Trainer
 from ldm_lite.train.lock import acquire_run_lock, check_run_lock
-
-DATASETS = ("openmoji", "shapes", "fashion", "photos")
-
-
-def load_dataset(name: str, size: int, split: str = "train", seed: int = 0, length: int | None = None,
-                 holdout: Sequence[str] = (), captions=None):
-    """A dataset by name -- ``openmoji``, ``shapes``, ``fashion``, ``photos`` -- a mixture such as
-    ``"shapes+fashion@32"``, or a folder path.
-
-    ``split`` is ``"train"`` or ``"test"`` (held out: OpenMoji's fixed 10 %, Fashion-MNIST's test set,
-    another seed of shapes / photo crops). Every sample is a dict with ``image`` in [-1, 1].
-    ``length``: how many images procedural data (shapes, photo crops) generate; None = their default
-    (50,000 shapes / 4,000 crops for training). ``holdout`` (shapes, and the shapes parts of a mixture):
-    ``"colour shape"`` pairs, e.g. ``("purple triangle", "green cross")``, that never appear in the training
-    split (the test split keeps them, to test new compositions). ``captions`` (an image folder only): a captions
-    file (``.jsonl`` / ``.csv``, see :mod:`ldm_lite.data.folder`) or a dict; the built-in datasets bring their own.
-    """
-    from ldm_lite import data
-
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if length is not None and (not isinstance(length, int) or isinstance(length, bool) or length < 1):
-        raise ValueError(f"length (the number of images to generate) must be at least 1, got {length!r}; "
-                         "None gives the dataset's default")
-    pairs = parse_holdout(holdout)
-    if "+" in name:
-        if captions is not None:
-            raise ValueError(f"captions are for an image folder; the mixture {name!r} keeps only images")
-        return _load_mixture(name, size, split, seed, length, pairs)
-    if pairs and name != "shapes":
-        raise ValueError(f"holdout pairs need (colour, shape) labels: use data 'shapes' or a mixture with a shapes "
-                         f"part (e.g. 'shapes+fashion'); {name!r} has no such labels")
-    if captions is not None and name in DATASETS:
-        raise ValueError(f"captions files are for image folders; {name!r} brings its own captions")
-    if name == "openmoji":
-        return data.load_openmoji(size=size, split=split)
-    if name == "shapes":
-        return data.ShapesDataset(size=size, length=length if length is not None else (50_000 if split == "train"
-                                                                                        else 1_000),
-                                  seed=seed if split == "train" else seed + 10_000,
-                                  holdout=pairs if split == "train" else ())
-    if name == "fashion":
-        return data.load_fashion_mnist(split, size=size, channels=3)
-    if name == "photos":
-        return data.load_photo_crops(size=size, n=length if length is not None else (4_000 if split == "train"
-                                                                                     else 256),
-                                     seed=seed if split == "train" else seed + 10_000)
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return data.ImageFolderDataset(path, size=size, split=split, captions=captions)
-    raise _no_such_dataset(name)
-
-
-def _no_such_dataset(name: str) -> Exception:
-    """The error for a dataset name that is neither built in nor an existing folder: a name that looks like a path
-    is a folder that does not exist (not a checkpoint to train, say)."""
-    choices = f"{', '.join(DATASETS)}, a mixture such as shapes+fashion@32, or the path of an existing image folder"
-    path = Path(name).expanduser()
-    if path.exists():
-        return ValueError(f"{name!r} is a file, not an image folder; a dataset is one of {choices}")
-    if any(c in name for c in "/\\") or name.startswith((".", "~")):
-        return FileNotFoundError(f"the image folder {name!r} does not exist; a dataset is one of {choices}")
-    return ValueError(f"unknown dataset {name!r}: use one of {choices}")
-
-
-def check_dataset(name: str) -> None:
-    """Raise the error :func:`load_dataset` would, for an unknown name or a missing folder, without loading."""
-    names = [_parse_part(p, 0)[0] for p in name.split("+")] if "+" in name else [name]
-    for n in names:
-        if n not in DATASETS and not Path(n).expanduser().is_dir():
-            raise _no_such_dataset(n)
-
-
-def parse_holdout(holdout: Sequence[str]) -> list[tuple[str, str]]:
-    """``["purple triangle", ...]`` (or ``("purple", "triangle")`` pairs) -> ``[("purple", "triangle"), ...]``."""
-    from ldm_lite.data.shapes import COLORS, SHAPES
-
-    out = []
-    for item in holdout or ():
-        pair = tuple(item.split()) if isinstance(item, str) else tuple(item)
-        if len(pair) != 2 or pair[0] not in COLORS or pair[1] not in SHAPES:
-            raise ValueError(f"holdout pair {item!r} must be 'colour shape' with colour in {COLORS} and shape in {SHAPES}")
-        out.append(pair)
-    return out
-
-
-def _parse_part(part: str, size: int) -> tuple[str, int]:
-    name, _, at = part.partition("@")
-    if at and not at.isdigit():
-        raise ValueError(f"dataset part {part!r}: write name@size with an integer size, e.g. fashion@32")
-    return name, int(at) if at else size
-
-
-class ImageMixture(torch.utils.data.Dataset):
-    """Several image datasets one after another, each item reduced to ``{"image", "index"}`` (their other
-    fields differ, and a batch mixing them must collate). Used to train *one* first stage for several
-    datasets -- the paper's point that a first stage is trained once and reused (Sec. 3.1)."""
-
-    def __init__(self, parts: dict):
-        self.parts = parts
-        self.offsets, total = [], 0
-        for ds in parts.values():
-            self.offsets.append(total)
-            total += len(ds)
-        self.total = total
-
-    def __len__(self):
-        return self.total
-
-    def __getitem__(self, i):
-        if not 0 <= i < self.total:
-            raise IndexError(f"index {i} out of range for a mixture of {self.total} images")
-        k = max(j for j, off in enumerate(self.offsets) if off <= i)
-        ds = list(self.parts.values())[k]
-        return {"image": ds[i - self.offsets[k]]["image"], "index": i}
-
-    def __repr__(self):
-        return "ImageMixture(" + ", ".join(f"{k}: {len(v)}" for k, v in self.parts.items()) + ")"
-
-
-def _load_mixture(name: str, size: int, split: str, seed: int, length: int | None, holdout=()):
-    """``"shapes+fashion@32"``: shapes at ``size`` and Fashion-MNIST at 32 px, as one training set. The held-out
-    split of a mixture is its *first* part's (image sizes may differ, and evaluation stacks images). ``holdout``
-    pairs are kept out of every shapes part."""
-    parts = [_parse_part(p, size) for p in name.split("+")]
-    if holdout and not any(n == "shapes" for n, _ in parts):
-        raise ValueError(f"holdout pairs need (colour, shape) labels: the mixture {name!r} has no shapes part")
-    if split == "test":
-        first, first_size = parts[0]
-        return load_dataset(first, first_size, "test", seed=seed, length=length)
-    return ImageMixture({f"{n}@{s}": load_dataset(n, s, "train", seed=seed, length=length,
-                                                  holdout=holdout if n == "shapes" else ())
-                         for n, s in parts})
+from ldm_lite.unet import UNetConfig, UNetModel
 
 
 class RandomCrops(torch.utils.data.Dataset):
@@ -194,8 +87,6 @@ def _preflight(out_dir: str | None, resume):
     which the caller releases when the run ends (or None without ``out_dir``)."""
     if out_dir is None:
         return None
-    from ldm_lite.io import check_writable_dir, shown_path
-
     check_run_lock(out_dir)  # a live run there: say so, not "pass --resume" (its latest.json is still moving)
     latest = Path(out_dir) / "latest.json"
     if resume is True and not latest.is_file():
@@ -231,8 +122,6 @@ def check_checkpoint(name, kind: str, shown: str | None = None) -> Path:
     (``"autoencoder"``, ``"ldm"``, ``"evaluator"``) by reading its manifest only -- before a run loads or trains
     anything. Errors call it ``shown`` (e.g. ``"first_stage='x'"``, or ``"--first-stage x"`` on the command
     line) and name the shipped checkpoints of that kind."""
-    from ldm_lite.pretrained import list_pretrained, load_manifest, resolve
-
     shown = shown or repr(str(name))
     want = _KIND_WORDS.get(kind, f"a {kind!r} checkpoint")
 
@@ -271,14 +160,10 @@ def _check_ldm_inputs(recipe: "LDMRecipe", first_stage) -> None:
         if not folder and recipe.captions is not None:
             raise ValueError(f"LDMRecipe.captions is for an image-folder data; {recipe.data!r} brings its own captions")
         if recipe.captions is not None:
-            from ldm_lite.data.folder import read_captions
-
             read_captions(recipe.captions)  # a missing or malformed file is found now
     choice = recipe.first_stage if first_stage is None else first_stage
     f = 1
     if isinstance(choice, (str, Path)) and str(choice) != "pixel":
-        from ldm_lite.pretrained import load_manifest
-
         name = find_autoencoder(recipe.data, recipe.size) if choice == "auto" else choice
         base = check_checkpoint(name, "autoencoder", f"first_stage={str(name)!r}")
         f = int((load_manifest(base).get("config") or {}).get("f", 1))
@@ -308,8 +193,6 @@ def _save_export(model, target: Path, manifest: dict, force: bool, **kw) -> Path
     """``save_pretrained`` after training; if ``target`` appeared *while* this run trained (checked free before),
     save next to it under a free name instead of losing the run, and say so."""
     import warnings
-
-    from ldm_lite.pretrained import ExistingExportError, save_pretrained
 
     try:
         return save_pretrained(model, target, manifest, force=force, **kw)
@@ -369,8 +252,6 @@ class AERecipe:
 
 def make_ae_loss(recipe: AERecipe, perceptual=None):
     """The first-stage loss of a recipe (``perceptual`` may pass a shared PerceptualLoss object)."""
-    from ldm_lite.autoencoder.losses import LPIPSWithDiscriminator, VQLPIPSWithDiscriminator
-
     common = dict(disc_start=recipe.disc_start, disc_weight=recipe.disc_weight,
                   perceptual_weight=recipe.perceptual_weight, perceptual=perceptual or recipe.perceptual)
     if recipe.reg == "vq":
@@ -380,8 +261,6 @@ def make_ae_loss(recipe: AERecipe, perceptual=None):
 
 def _eval_callback(autoencoder, images: torch.Tensor, every: int):
     """A Trainer callback: every ``every`` steps, held-out PSNR/SSIM into the step's logs (and printed)."""
-    from ldm_lite.progress import write
-
     def callback(trainer, logs):
         if logs["step"] % every == 0 or logs["step"] == trainer.config.max_steps:
             m = evaluate_reconstruction(autoencoder, images)
@@ -427,8 +306,6 @@ def train_autoencoder(recipe: AERecipe, out_dir: str | None = None, ckpt_every: 
 def _train_autoencoder(recipe, out_dir, ckpt_every, resume, progress, export, perceptual, callbacks, command,
                        eval_every, force) -> dict:
     """:func:`train_autoencoder` after its checks, with the run lock held."""
-    from ldm_lite.pretrained import check_export_target
-
     target = check_export_target(export, force) if export else None
     torch.manual_seed(recipe.seed)
     train_set = load_dataset(recipe.data, recipe.size, "train", seed=recipe.seed)
@@ -483,8 +360,6 @@ def _train_autoencoder(recipe, out_dir, ckpt_every, resume, progress, export, pe
 def _check_ae_init(recipe: AERecipe) -> Path:
     """``recipe.init_from``'s base path, checked from its manifest alone: an autoencoder with the recipe's
     architecture."""
-    from ldm_lite.pretrained import load_manifest
-
     base = check_checkpoint(recipe.init_from, "autoencoder", f"init_from={recipe.init_from!r}")
     want = recipe.autoencoder_config().to_dict()
     have = load_manifest(base)["config"]
@@ -501,9 +376,6 @@ def init_autoencoder_from(autoencoder, recipe: AERecipe) -> dict:
     for VQ, the codebook. The latents then stay bit-identical, so diffusion models trained on the source
     autoencoder keep working with the fine-tuned decoder (the Stable Diffusion VAE decoders "ft-EMA" /
     "ft-MSE" were made this way). Returns a record for the manifest (source, its sha256, what was frozen)."""
-    from ldm_lite.io import sha256_file
-    from ldm_lite.pretrained import load_state_dict
-
     base = _check_ae_init(recipe)
     autoencoder.load_state_dict(load_state_dict(base))
     frozen = []
@@ -616,8 +488,6 @@ class LDMRecipe:
                 "pass cond_stage=... to train_ldm and set conditioning_key / cond_key"
             )
         if self.task is not None:
-            from ldm_lite.data.spatial import DEGRADATIONS, TASKS
-
             if self.task not in TASKS:
                 raise ValueError(f"LDMRecipe.task must be one of {TASKS} (or None), got {self.task!r}")
             if self.cond is not None:
@@ -665,8 +535,6 @@ class LDMRecipe:
 
     def unet_config(self, in_channels: int, out_channels: int, num_classes: int | None = None,
                     context_dim: int | None = None):
-        from ldm_lite.unet import UNetConfig
-
         return UNetConfig(in_channels=in_channels, out_channels=out_channels, model_channels=self.model_channels,
                           channel_mult=self.channel_mult, num_res_blocks=self.num_res_blocks,
                           attention_resolutions=self.attention_resolutions, num_head_channels=self.num_head_channels,
@@ -676,15 +544,8 @@ class LDMRecipe:
                           coord_channels=self.coord_channels)
 
 
-def _has_shapes(data: str) -> bool:
-    """Whether ``data`` is shapes or a mixture with a shapes part (the data with (colour, shape) labels)."""
-    return data == "shapes" or ("+" in data and any(_parse_part(p, 0)[0] == "shapes" for p in data.split("+")))
-
-
 def find_autoencoder(data: str, size: int) -> str:
     """The name of the shipped autoencoder trained on ``data`` at ``size`` (KL f=4 preferred)."""
-    from ldm_lite.pretrained import list_pretrained
-
     def trained_on(m) -> bool:
         d = m.get("data", {})
         parts = [_parse_part(p, d.get("size")) for p in str(d.get("name", "")).split("+")]
@@ -706,8 +567,6 @@ def find_autoencoder(data: str, size: int) -> str:
 
 def _resolve_first_stage(recipe: LDMRecipe, first_stage):
     """-> (autoencoder module or None, the name recorded in the manifest or None for an in-memory model)."""
-    from ldm_lite.pretrained import load_autoencoder, resolve
-
     choice = recipe.first_stage if first_stage is None else first_stage
     if isinstance(choice, torch.nn.Module):
         return choice, None
@@ -716,8 +575,6 @@ def _resolve_first_stage(recipe: LDMRecipe, first_stage):
     if choice == "auto":
         choice = find_autoencoder(recipe.data, recipe.size)
     base = resolve(choice)
-    from ldm_lite.pretrained import PRETRAINED_DIR
-
     name = base.name if base.parent == PRETRAINED_DIR else str(base.resolve())
     return load_autoencoder(base), name
 
@@ -725,9 +582,6 @@ def _resolve_first_stage(recipe: LDMRecipe, first_stage):
 def make_cond_stage(recipe: LDMRecipe, num_classes: int | None = None, vocabulary: Sequence[int] | None = None):
     """The cond stage of ``recipe.cond`` and how it enters the model: ``(module, settings)`` with settings
     ``conditioning_key``, ``cond_key``, ``context_dim``, ``unconditional_value``, ``cond_stage_trainable``."""
-    from ldm_lite.conditioning import ClassEmbedder, FrozenTextEncoder, LayoutEmbedder, TransformerEmbedder
-    from ldm_lite.data.shapes import MAX_OBJECTS
-
     cond = recipe.cond
     if cond == "class":
         if num_classes is None:
@@ -769,9 +623,6 @@ def make_spatial_stage(recipe: LDMRecipe, first_stage=None):
     """
     import math
 
-    from ldm_lite.conditioning import InpaintConcat, SemanticEncoder, SpatialRescaler
-    from ldm_lite.data.shapes import SHAPES
-
     f = int(first_stage.config.f) if first_stage is not None else 1
     latent_ch = first_stage.embed_dim if first_stage is not None else 3
     base = dict(conditioning_key="concat", unconditional_value=None)
@@ -800,10 +651,6 @@ def build_ldm(recipe: LDMRecipe, first_stage=None, cond_stage: torch.nn.Module |
     """The :class:`~ldm_lite.ldm.LatentDiffusion` of a recipe: first stage (module, ``"pixel"``, name),
     a UNet sized for its latents, the conditioning and the schedule. ``num_classes`` for ``cond="class"``;
     ``vocabulary`` (WordPiece ids to keep) for ``cond="text"``."""
-    from ldm_lite.diffusion import NoiseSchedule
-    from ldm_lite.ldm import LatentDiffusion
-    from ldm_lite.unet import UNetModel
-
     ae = first_stage if isinstance(first_stage, torch.nn.Module) or first_stage is None else None
     if ae is None and first_stage is not None:
         raise TypeError("build_ldm takes an autoencoder module or None; resolve names with train_ldm / load_autoencoder")
@@ -866,8 +713,6 @@ def recipe_test_set(recipe):
     test_set = load_dataset(recipe.data, recipe.size, "test", seed=recipe.seed,
                             length=recipe.eval_images if is_procedural else None, captions=recipe.captions)
     if recipe.task is not None:
-        from ldm_lite.data.spatial import SpatialTaskDataset
-
         test_set = SpatialTaskDataset(test_set, recipe.task, seed=recipe.seed + 1, **_task_kwargs(recipe))
     return test_set
 
@@ -939,8 +784,6 @@ def _train_ldm(recipe, first_stage, out_dir, ckpt_every, resume, progress, expor
 
     from torch.utils.data import Subset
 
-    from ldm_lite.pretrained import check_export_target, first_stage_record
-
     export_base = fs_target = None
     if export:
         export_base = check_export_target(export, force)
@@ -957,8 +800,6 @@ def _train_ldm(recipe, first_stage, out_dir, ckpt_every, resume, progress, expor
         train_set = Subset(train_set, range(recipe.train_images))
     test_set = recipe_test_set(recipe)
     if recipe.task is not None:  # each image with its low-resolution version / hole mask / segmentation
-        from ldm_lite.data.spatial import SpatialTaskDataset
-
         train_set = SpatialTaskDataset(train_set, recipe.task, seed=recipe.seed, **_task_kwargs(recipe))
     num_classes = recipe.num_classes
     if recipe.cond in ("class", "class-adm") and num_classes is None:
@@ -1002,8 +843,6 @@ def _train_ldm(recipe, first_stage, out_dir, ckpt_every, resume, progress, expor
                   recipe=recipe, first_stage=fs_name, scale_factor=float(model.scale_factor))
     if export:
         import warnings
-
-        from ldm_lite.pretrained import ldm_export_module
 
         if ae is not None and fs_name is None:  # an in-memory first stage: export it alongside
             if fs_target is None:  # (checked before training when it was passed as first_stage=)
@@ -1063,8 +902,6 @@ def init_unet_from(model, source: str) -> dict:
     the source's weights on the old channels and zeros on the new ones, so the run starts exactly where the
     source model ended. Returns what was done. Fine-tuning a trained model is far cheaper than training
     from zero."""
-    from ldm_lite.pretrained import load_manifest, load_state_dict, resolve
-
     if load_manifest(source).get("kind") != "ldm":
         raise ValueError(f"init_from={source!r} is not an LDM checkpoint (manifest kind 'ldm')")
     state = load_state_dict(resolve(source))
@@ -1100,12 +937,8 @@ def init_unet_from(model, source: str) -> dict:
 
 def _training_vocabulary(train_set, max_length: int, limit: int = 5000) -> list[int]:
     """The WordPiece ids of (up to ``limit``) training captions: the rows a from-scratch text encoder keeps."""
-    from ldm_lite.conditioning import TransformerEmbedder
-
     base = getattr(train_set, "dataset", train_set)
     if hasattr(base, "layout") and hasattr(base, "render"):  # ShapesDataset: captions without rendering
-        from ldm_lite.data.shapes import make_caption
-
         captions = [make_caption(base.layout(i)) for i in range(min(limit, len(base)))]
     elif getattr(base, "captions", None) is not None:
         captions = list(base.captions)[:limit]

@@ -24,6 +24,9 @@ import time
 
 import torch
 
+from ldm_lite.data.shapes import SHAPES, ShapesDataset
+from ldm_lite.viz import make_grid, show_grid
+
 __all__ = ["edit_scene", "generate", "generate_from_map", "grid_png", "interact_figure", "map_editor",
            "prompt_widget", "sampler_panel", "scene_segmentation"]
 
@@ -57,8 +60,6 @@ def grid_png(images: torch.Tensor, nrow: int | None = None, thumb: int = 128, pa
 
     import numpy as np
     from PIL import Image
-
-    from ldm_lite.viz import make_grid
 
     k = max(1, math.ceil(thumb / images.shape[-2]))
     grid = make_grid(images, nrow, pad=pad)
@@ -204,8 +205,6 @@ def prompt_widget(model, prompt: str = "a big red circle left of a small blue sq
     import matplotlib.pyplot as plt
     from IPython.display import display
 
-    from ldm_lite.viz import show_grid
-
     text = W.Text(value=prompt, description="prompt", layout=W.Layout(width="560px"))
     scale = W.FloatSlider(value=guidance, min=1.0, max=10.0, step=0.5, description="guidance")
     seed = W.IntText(value=0, description="seed", layout=W.Layout(width="160px"))
@@ -236,8 +235,6 @@ def prompt_widget(model, prompt: str = "a big red circle left of a small blue sq
 def scene_segmentation(objects, size: int = 64) -> torch.Tensor:
     """The label map (H, W) int64 of a scene: 0 background, 1 + shape class where an object covers at least half
     a pixel (as ShapesDataset's ``segmentation``); later objects are drawn over earlier ones."""
-    from ldm_lite.data.shapes import SHAPES, ShapesDataset
-
     canvas = ShapesDataset(size, length=1)
     seg = torch.zeros(size, size, dtype=torch.long)
     for o in objects:
@@ -258,8 +255,6 @@ def edit_scene(objects, op: str, index: int | None = None, **kw) -> list[dict]:
     * ``op="add", shape, cx, cy, r`` -- add an object;
     * ``op="remove", index`` -- delete it.
     """
-    from ldm_lite.data.shapes import SHAPES
-
     scene = [dict(o) for o in objects]
     if op in ("move", "reshape", "remove") and (index is None or not 0 <= index < len(scene)):
         raise ValueError(f"index must name one of the {len(scene)} objects (0..{len(scene) - 1}), got {index!r}")
@@ -305,9 +300,6 @@ def map_editor(model, objects, size: int = 64, n: int = 4, steps: int = 25):
     import ipywidgets as W
     import matplotlib.pyplot as plt
     from IPython.display import display
-
-    from ldm_lite.data.shapes import SHAPES
-    from ldm_lite.viz import show_grid
 
     state = {"scene": [dict(o) for o in objects]}
     pick = W.IntSlider(value=0, min=0, max=max(len(objects) - 1, 0), description="object")

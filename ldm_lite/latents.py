@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 
 from ldm_lite.io import atomic_write
+from ldm_lite.progress import progress as tqdm
 
 __all__ = ["LatentDataset", "encode_dataset"]
 
@@ -90,8 +91,6 @@ def encode_dataset(model, dataset, batch_size: int = 64, keys: Sequence[str] | N
     ``masked_image``) are encoded too and stored under their latent name (``masked_latent``). The latents are deterministic with ``posterior="mode"``; with ``"sample"``
     each image keeps the one sample drawn here.
     """
-    from ldm_lite.progress import progress as tqdm
-
     if keys is None:
         if model.cond_key is None:
             keys = ()

@@ -99,6 +99,7 @@ from torch import nn
 
 from ldm_lite.autoencoder.first_stage import IdentityFirstStage, is_pixel_space
 from ldm_lite.autoencoder.model import check_image_channels, check_image_size
+from ldm_lite.autoencoder.tiled import tiled_decode
 from ldm_lite.conditioning.condition import (
     as_condition,
     batch_size_of,
@@ -108,9 +109,10 @@ from ldm_lite.conditioning.condition import (
     to_device,
     where_dropped,
 )
-from ldm_lite.data.spatial import keep_mask_from
+from ldm_lite.data.spatial import check_image_range, keep_mask_from
 from ldm_lite.diffusion.samplers import SAMPLERS, Sampler, check_eta, check_finite, check_guidance_scale, make_sampler
 from ldm_lite.diffusion.schedule import PARAMETERIZATIONS, NoiseSchedule, diffusion_loss
+from ldm_lite.latents import encode_dataset
 from ldm_lite.unet.model import UNetModel
 
 __all__ = ["CONDITIONING_KEYS", "LatentDiffusion", "default_schedule"]
@@ -419,8 +421,6 @@ class LatentDiffusion(nn.Module):
             return self.first_stage.decode_latent(zz, force_quantize=force_quantize)
 
         if tile is not None:
-            from ldm_lite.autoencoder.tiled import tiled_decode
-
             return tiled_decode(decode, z, self.f, tile, overlap)
         return decode(z)
 
@@ -714,8 +714,6 @@ class LatentDiffusion(nn.Module):
                        progress: bool = True, num_workers: int = 0, collate_fn: Callable | None = None):
         """Encode a dataset once into a :class:`~ldm_lite.latents.LatentDataset` (see
         :func:`ldm_lite.latents.encode_dataset`); training on it skips the encoder."""
-        from ldm_lite.latents import encode_dataset
-
         return encode_dataset(self, dataset, batch_size=batch_size, keys=keys, progress=progress,
                               num_workers=num_workers, collate_fn=collate_fn)
 
@@ -883,8 +881,6 @@ class LatentDiffusion(nn.Module):
         greyscale mask file reads as -- is broadcast over the batch and channels rather than refused. Anything
         else is a ``ValueError`` naming the argument and the fix.
         """
-        from ldm_lite.data.spatial import check_image_range
-
         has_mask = keep_mask is not None or hole_mask is not None
         if x0 is None and not has_mask:
             return None, None
@@ -937,7 +933,7 @@ class LatentDiffusion(nn.Module):
             raise ValueError(f"{name} must be (H, W), (B, H, W) or (B, 1, H, W); got shape {tuple(mask.shape)}")
         if mask.shape[0] not in (1, b):
             raise ValueError(f"{name} holds {mask.shape[0]} masks but num_samples={b}; give one mask (1, 1, H, W) "
-                             f"for every sample or one per sample ({b}, 1, H, W)")
+                             f"for every sample or one per sample (num_samples, 1, H, W) = ({b}, 1, H, W)")
         mh, mw = mask.shape[-2:]
         at_latent = (mh, mw) == (h, w)
         if at_latent and mask.shape[1] not in (1, zc):

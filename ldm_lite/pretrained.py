@@ -11,6 +11,9 @@ sha256 of its first stage, so :func:`load_ldm` refuses a first stage that was re
 trained (which would decode its latents at the wrong size or colours). Every load error names the file and
 what to do; a training run folder or a bare weights file passed where an export is expected says how to
 export it.
+
+Reading an export's files (resolving a name, the manifest, the checked weights) is :mod:`ldm_lite.exports`, a
+lower layer that the metrics' shipped evaluators use too; its names are importable from here as well.
 """
 
 from __future__ import annotations
@@ -20,23 +23,28 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from ldm_lite.io import atomic_write
-
-PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "data" / "pretrained"
+from ldm_lite.autoencoder.model import AutoencoderConfig, build_autoencoder
+from ldm_lite.conditioning import build_cond_stage
+from ldm_lite.diffusion import NoiseSchedule
+from ldm_lite.exports import (  # reading an export; every name stays importable from here
+    PRETRAINED_DIR,
+    CorruptCheckpointError,
+    _restore_hint,
+    list_pretrained,  # noqa: F401
+    load_manifest,
+    load_state_dict,
+    resolve,
+    weights_file,
+)
+from ldm_lite.io import atomic_write, check_writable_dir, sha256_file, shown_path
+from ldm_lite.ldm import LatentDiffusion
+from ldm_lite.unet import UNetModel
 
 
 class ExistingExportError(FileExistsError):
     """An export would replace an existing checkpoint (pass ``force=True`` / ``--force`` to allow it)."""
-
-
-class CorruptCheckpointError(ValueError):
-    """A manifest or weights file cannot be read, is truncated, or fails its recorded sha256; ``path`` names it."""
-
-    def __init__(self, message: str, path: str | os.PathLike | None = None):
-        super().__init__(message)
-        self.path = None if path is None else str(path)
 
 
 class FirstStageMismatchError(ValueError):
@@ -49,14 +57,6 @@ def export_target(export: str | os.PathLike) -> Path:
     s = str(export)
     target = Path(s) if ("/" in s or os.sep in s or s.endswith((".safetensors", ".json"))) else PRETRAINED_DIR / s
     return target.with_suffix("") if target.suffix in (".safetensors", ".json") else target
-
-
-def _restore_hint(base: Path) -> str:
-    """How to get a good copy of a checkpoint back."""
-    if base.parent.resolve() == PRETRAINED_DIR:
-        return (f"it is shipped with the course: restore it with `git checkout -- data/pretrained/{base.name}.json "
-                f"data/pretrained/{base.name}.safetensors` (or download the repository again)")
-    return "export it again (its manifest's \"command\" records how it was trained)"
 
 
 def _dependents(base: Path) -> list[str]:
@@ -76,8 +76,6 @@ def check_export_target(export: str | os.PathLike, force: bool = False, what: st
                         note: str = "nothing was trained") -> Path:
     """Refuse (``ExistingExportError``) an ``export`` whose ``.json`` or ``.safetensors`` exists unless ``force``,
     and prove its folder writable -- both *before* training, so no work is lost. Returns the base path."""
-    from ldm_lite.io import check_writable_dir, shown_path
-
     base = export_target(export)
     existing = [p for p in (base.with_suffix(".json"), base.with_suffix(".safetensors")) if p.exists()]
     if existing:
@@ -104,8 +102,6 @@ def save_pretrained(model: torch.nn.Module, path: str | os.PathLike, manifest: d
     An existing checkpoint at ``path`` is replaced only with ``force=True``. Weights that are NaN or inf
     (or overflow ``dtype``) are refused. The manifest records the weights' sha256 (checked on loading).
     """
-    from ldm_lite.io import sha256_file, shown_path
-
     path = Path(path)
     base = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
     check_export_target(base, force=force, note="")
@@ -127,213 +123,8 @@ def save_pretrained(model: torch.nn.Module, path: str | os.PathLike, manifest: d
     return weights
 
 
-def _not_an_export(p: Path) -> str | None:
-    """Why ``p`` (which has no manifest) is not an exported checkpoint, and how to make one; None if unknown."""
-    from ldm_lite.io import shown_path
-
-    run = None
-    if p.is_dir() and ((p / "latest.json").is_file() or (p / "checkpoints").is_dir()):
-        run = p
-    elif p.is_dir() and (p / "trainer.json").is_file():  # run/checkpoints/step_X
-        run = p.parent.parent
-    elif p.is_file() and (p.parent / "trainer.json").is_file():  # run/checkpoints/step_X/model.safetensors
-        run = p.parent.parent.parent
-    elif p.is_file() and p.name == "latest.json":
-        run = p.parent
-    if run is not None:
-        return f"{shown_path(p)} is a training run folder (checkpoints of ldm_lite.train.Trainer), not an export. " \
-               + _export_run_hint(run)
-    if p.is_file() and p.suffix == ".safetensors":
-        return (f"{shown_path(p)} is a bare weights file without its manifest {shown_path(p.with_suffix('.json'))} "
-                "(the config needed to rebuild the model). Load it into a model you build with "
-                "ldm_lite.train.Trainer.load_weights(path, model), or export that model with "
-                "ldm_lite.pretrained.save_pretrained(model, name, manifest)")
-    if p.is_file() and p.suffix in (".ckpt", ".pt", ".pth", ".bin"):
-        return (f"{shown_path(p)} is a PyTorch checkpoint, not an ldm-lite export; a CompVis / Stable Diffusion "
-                "first stage loads with ldm_lite.autoencoder.convert.load_compvis_first_stage(path, config)")
-    return None
-
-
-def _export_run_hint(run: Path) -> str:
-    """How to export the run in ``run``: its own command with ``--resume --export NAME`` (nothing more is trained
-    when ``--steps`` equals the steps done), or the Python equivalent."""
-    import shlex
-
-    from ldm_lite.io import shown_path
-
-    state, step = {}, None
-    try:
-        from ldm_lite.train.checkpoint import _resolve_checkpoint
-
-        folder = _resolve_checkpoint(run)
-        state = json.loads((folder / "trainer.json").read_text())
-        step = state.get("step")
-    except Exception:  # a broken run folder: give the generic advice
-        pass
-    kind = {"LatentDiffusion": "train-ldm", "AutoencoderModule": "train-ae"}.get(state.get("module"))
-    cmd = state.get("command") or ""
-    if kind and cmd.startswith(f"ldm-lite {kind}"):
-        args, out, skip = shlex.split(cmd)[2:], [], False
-        for i, a in enumerate(args):
-            if skip:
-                skip = False
-                continue
-            if a in ("--resume", "--force"):
-                continue
-            if a in ("--export", "--out", "--steps"):
-                skip = True
-                continue
-            if a.startswith(("--export=", "--out=", "--steps=")):
-                continue
-            out.append(a)
-        steps = f" --steps {step}" if step is not None else ""
-        line = " ".join(["ldm-lite", kind] + [shlex.quote(a) for a in out]) + \
-            f" --out {shlex.quote(str(run))}{steps} --resume --export NAME"
-        return (f"Export it with the run's own command: `{line}` (trains nothing more; NAME is the new "
-                "checkpoint's name)")
-    if kind:
-        return (f"Export it by re-running its command with the same flags plus `--out {shown_path(run)} --resume "
-                f"--export NAME{f' --steps {step}' if step else ''}` (`ldm-lite {kind} ...`): with --steps equal to "
-                "the steps done it trains nothing more")
-    return ("Load its weights with ldm_lite.train.Trainer.load_weights(run_folder, model) into the model you built, "
-            "then export that model with ldm_lite.pretrained.save_pretrained(model, name, manifest)")
-
-
-def resolve(name_or_path: str | os.PathLike) -> Path:
-    """A shipped checkpoint's name (``"ae_kl_f4_openmoji64"``) or a path -> the base path (no suffix).
-
-    Not a string or path (``None``): ``TypeError``; an empty name or a bare folder (``""``, ``"."``): ``ValueError``
-    listing the shipped checkpoints."""
-    if not isinstance(name_or_path, (str, os.PathLike)):
-        raise TypeError(f"name_or_path must be a checkpoint name or a path, got {name_or_path!r} "
-                        f"({type(name_or_path).__name__}); pass e.g. 'ldm_openmoji64' or 'exports/my_ldm'")
-    if not str(name_or_path).strip() or Path(name_or_path).name in ("", ".", ".."):
-        why = _not_an_export(Path(name_or_path)) if str(name_or_path).strip() else None
-        if why is not None:
-            raise FileNotFoundError(f"no exported checkpoint at {str(name_or_path)!r}: {why}")
-        available = ", ".join(sorted(x.stem for x in PRETRAINED_DIR.glob("*.json"))) or "none"
-        raise ValueError(f"{str(name_or_path)!r} is an empty checkpoint name (or a bare folder); pass a checkpoint's "
-                         f"name or the path of its .json (shipped checkpoints: {available})")
-    p = Path(name_or_path)
-    base = p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
-    if base.with_suffix(".json").exists():
-        return base
-    shipped = PRETRAINED_DIR / base.name
-    if shipped.with_suffix(".json").exists():
-        return shipped
-    why = _not_an_export(p)
-    if why is not None:
-        raise FileNotFoundError(f"no exported checkpoint at {str(name_or_path)!r}: {why}")
-    available = ", ".join(sorted(x.stem for x in PRETRAINED_DIR.glob("*.json"))) or "none"
-    raise FileNotFoundError(
-        f"no checkpoint {str(name_or_path)!r} (looked for {base}.json and {shipped}.json); "
-        f"shipped checkpoints: {available}"
-    )
-
-
-def _read_manifest(path: Path) -> dict:
-    from ldm_lite.io import shown_path
-
-    base = path.with_suffix("")
-    try:
-        manifest = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
-        raise CorruptCheckpointError(f"{shown_path(path)} is corrupt or truncated (not valid JSON: {err}); "
-                                     f"{_restore_hint(base)}", path) from err
-    except OSError as err:
-        raise CorruptCheckpointError(f"cannot read {shown_path(path)} ({err.strerror or err}); "
-                                     f"{_restore_hint(base)}", path) from err
-    if not isinstance(manifest, dict):
-        raise CorruptCheckpointError(f"{shown_path(path)} is not a checkpoint manifest (a JSON object was expected, "
-                                     f"found {type(manifest).__name__}); {_restore_hint(base)}", path)
-    return manifest
-
-
-def load_manifest(name_or_path) -> dict:
-    """The JSON manifest of a checkpoint."""
-    return _read_manifest(resolve(name_or_path).with_suffix(".json"))
-
-
-def weights_file(base: Path, manifest: dict) -> Path:
-    """The weights file of the export at ``base`` (no suffix): the one its manifest's ``"weights"`` names (the file
-    :func:`save_pretrained` wrote) or, when that file is absent, ``<base>.safetensors`` -- a copy renamed as a pair
-    (``new.json`` + ``new.safetensors``) still names the original file. Either is checked against the recorded
-    sha256 when loaded."""
-    own = base.with_suffix(".safetensors")
-    recorded = manifest.get("weights")
-    if not isinstance(recorded, str) or not recorded:
-        return own
-    path = base.parent / recorded
-    return path if path.is_file() or not own.is_file() else own
-
-
-def _missing_weights(base: Path, manifest: dict, weights: Path) -> str:
-    """Why the weights of ``base`` cannot be found and what to do: a ``.safetensors`` beside the manifest with the
-    recorded sha256 is the renamed file (say what to rename it to); otherwise how the pair must be named."""
-    from ldm_lite.io import sha256_file, shown_path
-
-    own = base.with_suffix(".safetensors")
-    msg = f"{shown_path(weights)} is missing (its manifest {shown_path(base.with_suffix('.json'))} exists)"
-    want = manifest.get("weights_sha256")
-    if want and base.parent.is_dir():
-        for cand in sorted(base.parent.glob("*.safetensors"))[:64]:
-            try:
-                same = cand.is_file() and sha256_file(cand) == want
-            except OSError:
-                continue
-            if same:
-                return (f"{msg}; {shown_path(cand)} holds exactly the weights it records (same sha256): rename it to "
-                        f"{own.name}")
-    other = f" (or {weights.name})" if weights.name != own.name else ""
-    return (f"{msg}. If the files were renamed or moved, the weights must lie beside the manifest as "
-            f"{own.name}{other}; if they are lost, {_restore_hint(base)}")
-
-
-def load_state_dict(name_or_path, dtype=torch.float32) -> dict:
-    """The weights of a checkpoint as a state dict (floating tensors cast to ``dtype``), checked against the
-    sha256 its manifest records (``weights_sha256``; every shipped manifest has one). A manifest without it (an
-    export from before the record) loads unchecked, with a warning naming the file."""
-    from ldm_lite.io import sha256_file, shown_path
-
-    base = resolve(name_or_path)
-    manifest = _read_manifest(base.with_suffix(".json"))
-    weights = weights_file(base, manifest)
-    want = manifest.get("weights_sha256")
-    if weights.is_file():
-        got = sha256_file(weights)
-        if want is None:
-            import warnings
-
-            warnings.warn(
-                f"{shown_path(base.with_suffix('.json'))} records no weights_sha256 (an export from an older "
-                f"ldm-lite), so {weights.name} is loaded unchecked; if it is known to be good, add "
-                f"\"weights_sha256\": \"{got}\" to the manifest to have every later load checked", stacklevel=2)
-        elif got != want:
-            raise CorruptCheckpointError(
-                f"{shown_path(weights)} does not match the sha256 in {shown_path(base.with_suffix('.json'))} "
-                f"(recorded {want[:16]}..., file {got[:16]}...): it is corrupt or was replaced without its manifest; "
-                f"{_restore_hint(base)}", weights)
-    try:
-        sd = load_file(str(weights))
-    except FileNotFoundError:
-        raise CorruptCheckpointError(_missing_weights(base, manifest, weights), weights) from None
-    except Exception as err:  # SafetensorError: truncated file, corrupt header
-        raise CorruptCheckpointError(f"{shown_path(weights)} is corrupt or truncated and cannot be read ({err}); "
-                                     f"{_restore_hint(base)}", weights) from err
-    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
-
-
-def list_pretrained() -> list[dict]:
-    """Manifests of all checkpoints shipped in ``data/pretrained/``."""
-    return [_read_manifest(p) | {"name": p.stem} for p in sorted(PRETRAINED_DIR.glob("*.json"))]
-
-
 def load_autoencoder(name_or_path, device="cpu"):
     """Rebuild an AutoencoderKL / VQModel from its manifest's config and load its weights (eval mode)."""
-    from ldm_lite.autoencoder.model import AutoencoderConfig, build_autoencoder
-
-    from ldm_lite.io import shown_path
-
     base = resolve(name_or_path)
     manifest = load_manifest(base)
     if manifest.get("kind") != "autoencoder":
@@ -357,8 +148,6 @@ def load_autoencoder(name_or_path, device="cpu"):
 def first_stage_record(first_stage) -> dict:
     """What an LDM manifest records about its first stage, checked by :func:`load_ldm`: the downsampling factor,
     the latent channels and (for an exported first stage: a name or path) the sha256 of its weights file."""
-    from ldm_lite.io import sha256_file
-
     if isinstance(first_stage, torch.nn.Module):
         return dict(first_stage_f=int(first_stage.config.f), first_stage_channels=int(first_stage.embed_dim))
     base = resolve(first_stage)
@@ -402,8 +191,6 @@ def _decoder_fine_tune_of(fs_base: Path, sha256: str, depth: int = 8) -> bool:
 def check_first_stage(manifest: dict, name: str, first_stage, fs_base: Path | None = None) -> None:
     """Refuse (``FirstStageMismatchError``) a first stage whose f, latent channels or -- loaded from ``fs_base`` --
     weights differ from what the LDM ``name`` was trained with."""
-    from ldm_lite.io import sha256_file, shown_path
-
     want = _expected_first_stage(manifest)
     cfg = getattr(first_stage, "config", None)
     have_f = getattr(cfg, "f", None)
@@ -448,8 +235,6 @@ def set_first_stage(ldm, autoencoder, force: bool = False) -> dict:
     :class:`ExistingExportError` is raised once the switch has been checked, and nothing is written. A switch to
     the first stage the LDM already uses writes nothing either.
     """
-    from ldm_lite.io import atomic_write, sha256_file, shown_path
-
     base = resolve(ldm)
     manifest = load_manifest(base)
     if manifest.get("kind") != "ldm":
@@ -498,10 +283,6 @@ def load_ldm(name_or_path, device="cpu", first_stage=None, cond_stage=None):
     manifest) -- or ``"pixel"``. ``first_stage`` / ``cond_stage`` pass modules instead, e.g. a frozen
     pre-trained text encoder, which is recorded by class name but not exported.
     """
-    from ldm_lite.diffusion import NoiseSchedule
-    from ldm_lite.ldm import LatentDiffusion
-    from ldm_lite.unet import UNetModel
-
     base = resolve(name_or_path)
     manifest = load_manifest(base)
     if manifest.get("kind") != "ldm":
@@ -521,8 +302,6 @@ def load_ldm(name_or_path, device="cpu", first_stage=None, cond_stage=None):
                          "pass first_stage=<the autoencoder>")
     info = manifest.get("cond_stage")
     if info is not None and cond_stage is None and info.get("config"):
-        from ldm_lite.conditioning import build_cond_stage
-
         cond_stage = build_cond_stage(info["config"])
     if info is not None and cond_stage is None:
         raise ValueError(

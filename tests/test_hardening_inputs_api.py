@@ -98,6 +98,15 @@ def test_a_renamed_copy_of_an_export_loads_and_is_still_checked(tmp_path):
         load_autoencoder(base)
 
 
+def test_a_renamed_copy_uses_its_own_weights_not_another_file_under_the_original_name(tmp_path):
+    base = _copy_shipped("ae_kl_f4_openmoji64_gan", tmp_path, "new")
+    # another model's weights left beside the copy under the file name the manifest still records
+    shutil.copyfile(PRETRAINED_DIR / "ae_kl_f4_openmoji64.safetensors", tmp_path / "ae_kl_f4_openmoji64_gan.safetensors")
+    ref = load_autoencoder("ae_kl_f4_openmoji64_gan")
+    for (k, a), (_, b) in zip(ref.state_dict().items(), load_autoencoder(base).state_dict().items()):
+        assert torch.equal(a, b), k
+
+
 def test_weights_under_another_name_say_what_to_rename_not_to_retrain(tmp_path):
     base = _copy_shipped("ae_kl_f4_openmoji64_gan", tmp_path, "new")
     base.with_suffix(".safetensors").rename(tmp_path / "my_weights.safetensors")

@@ -57,6 +57,10 @@ Cost: a VGG16 stack is not cheap on a CPU. One forward+backward at 64 px, batch 
 without a graph, reconstruction with one) is about 60 G multiply-adds: ~1.2 s of one core here.
 For CPU-bound runs ``width=0.5`` (~0.37 s) or ``width=0.25`` (~0.13 s) keep the same layout with
 fewer channels, or the ablation can set ``perceptual_weight=0``.
+
+The random trunk itself (:class:`RandomVGG16Features`, its seed and the LPIPS input scaling) is defined in
+:mod:`ldm_lite.metrics.features`, whose substitute sample-quality features use the same network; the names are
+importable from here too.
 """
 
 from __future__ import annotations
@@ -67,8 +71,15 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from ldm_lite.metrics.features import (  # the random VGG16 trunk, shared with the metrics' substitute features
+    _LPIPS_SCALE,
+    _LPIPS_SHIFT,
+    _STAGE_NAMES,  # noqa: F401
+    _VGG16_STAGES,  # noqa: F401
+    RANDOM_VGG_SEED,
+    RandomVGG16Features,
+)
 from ldm_lite.notices import announce_once
 
 __all__ = [
@@ -88,17 +99,6 @@ KINDS = ("auto", "lpips", "random-vgg", "none")
 
 #: File name torchvision gives the ImageNet VGG16 weights (``VGG16_Weights.IMAGENET1K_V1``).
 VGG16_IMAGENET_FILE = "vgg16-397923af.pth"
-
-#: Seed of the substitute's random VGG16; changing it changes every substitute number.
-RANDOM_VGG_SEED = 0
-
-#: LPIPS v0.1 input scaling: ImageNet mean/std expressed for images in [-1, 1].
-_LPIPS_SHIFT = (-0.030, -0.088, -0.188)
-_LPIPS_SCALE = (0.458, 0.448, 0.450)
-
-#: VGG16 ``features`` up to relu5_3: conv widths per stage; a max-pool sits between stages.
-_VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
-_STAGE_NAMES = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
 
 #: Smallest image side: four 2x2 max-pools before relu5_3 leave a 1x1 map at 16 px.
 MIN_SIZE = 16
@@ -141,73 +141,6 @@ def normalize_channels(feat: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
     distance compares feature *directions*, not magnitudes.
     """
     return feat / (feat.pow(2).sum(dim=1, keepdim=True).sqrt() + eps)
-
-
-class RandomVGG16Features(nn.Module):
-    """VGG16 convolutional stack (up to relu5_3) with fixed-seed random weights.
-
-    Same layer layout as ``torchvision.models.vgg16().features[:30]``: 13 3x3 convolutions
-    (padding 1) with ReLU, a 2x2 max-pool between the five stages. Weights are drawn from
-    He-normal ``N(0, 2 / fan_in)`` with a private ``torch.Generator(seed)``, biases are 0, so the
-    network is identical on every machine and in every process, and the global RNG is untouched.
-
-    The weights are *non-persistent buffers*: they follow ``.to(device)`` but are not written into
-    checkpoints (they are regenerated from the seed) and no optimiser can ever pick them up.
-
-    ``forward(x)`` takes ``(B, 3, H, W)`` (already LPIPS-scaled) and returns the five feature maps
-    ``[(B, 64, H, W), (B, 128, H/2, W/2), (B, 256, H/4, W/4), (B, 512, H/8, W/8),
-    (B, 512, H/16, W/16)]``.
-
-    ``width`` < 1 scales every channel count (e.g. 0.25 gives 16…128 channels and costs about
-    1/16 of the multiply-adds) for CPU-bound runs; ``width=1`` is the exact VGG16 layout.
-    """
-
-    def __init__(self, seed: int = RANDOM_VGG_SEED, width: float = 1.0):
-        super().__init__()
-        if not width > 0:
-            raise ValueError(f"width must be > 0 (a fraction of VGG16's channels); got {width}.")
-        self.seed, self.width = seed, width
-        gen = torch.Generator().manual_seed(seed)
-        self.layout: list[list[str]] = []  # buffer names, stage by stage
-        c_in = 3
-        for s, widths in enumerate(_VGG16_STAGES):
-            names = []
-            for j, c_full in enumerate(widths):
-                c_out = max(8, round(c_full * width))
-                fan_in = c_in * 9
-                w = torch.randn(c_out, c_in, 3, 3, generator=gen) * (2.0 / fan_in) ** 0.5
-                name = f"conv{s + 1}_{j + 1}"
-                self.register_buffer(f"{name}_weight", w, persistent=False)
-                self.register_buffer(f"{name}_bias", torch.zeros(c_out), persistent=False)
-                names.append(name)
-                c_in = c_out
-            self.layout.append(names)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        feats = []
-        h = x
-        for s, names in enumerate(self.layout):
-            if s > 0:
-                h = F.max_pool2d(h, kernel_size=2, stride=2)
-            for name in names:
-                h = F.relu(F.conv2d(h, getattr(self, f"{name}_weight"), getattr(self, f"{name}_bias"), padding=1))
-            feats.append(h)
-        return feats
-
-    def torchvision_state_dict(self) -> dict[str, torch.Tensor]:
-        """The weights under ``torchvision.models.vgg16().features`` keys (``"0.weight"``, …).
-
-        Lets the tests load this network into ``lpips``'s own VGG and compare outputs.
-        """
-        out, idx = {}, 0
-        for s, names in enumerate(self.layout):
-            if s > 0:
-                idx += 1  # max-pool
-            for name in names:
-                out[f"{idx}.weight"] = getattr(self, f"{name}_weight")
-                out[f"{idx}.bias"] = getattr(self, f"{name}_bias")
-                idx += 2  # conv, relu
-        return out
 
 
 class _RandomVGGDistance(nn.Module):

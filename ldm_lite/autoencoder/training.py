@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from ldm_lite.autoencoder.model import AutoencoderKL, VQModel
-from ldm_lite.metrics import psnr
+from ldm_lite.metrics import psnr, ssim
 
 
 class AutoencoderModule(nn.Module):
@@ -80,8 +80,6 @@ class AutoencoderModule(nn.Module):
 def evaluate_reconstruction(autoencoder, images: torch.Tensor, batch_size: int = 64) -> dict:
     """Reconstruct ``images`` (N, 3, H, W) in [-1, 1] deterministically (posterior mean / nearest code)
     and return dict(psnr, ssim, reconstructions) -- PSNR/SSIM averaged per image."""
-    from ldm_lite.metrics import ssim
-
     autoencoder.eval()
     recs = []
     for i in range(0, len(images), batch_size):

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ldm_lite.conditioning.spatial import InpaintConcat, SemanticEncoder, SpatialRescaler
 from ldm_lite.conditioning.tokenizer import (
     WordPieceTokenizer,
     minilm_dir,
@@ -46,6 +47,7 @@ from ldm_lite.conditioning.tokenizer import (
     unknown_words_message,
     warn_unknown_words,
 )
+from ldm_lite.data.shapes import COLORS, SHAPES, SIZES
 
 __all__ = ["ClassEmbedder", "TransformerEmbedder", "FrozenTextEncoder", "LayoutEmbedder", "TextTransformer",
            "LAYOUT_FIELDS", "layout_from_objects", "build_cond_stage"]
@@ -378,8 +380,6 @@ LAYOUT_OBJECT = '{"box": [x0, y0, x1, y1], "shape": "circle", "color": "red", "s
 def layout_from_objects(objects: Sequence[dict], max_objects: int = 3) -> torch.Tensor:
     """A layout from object dicts: ``[{"box": [x0, y0, x1, y1], "shape": "circle", "color": "red", "size": "big"}]``
     (box corners as fractions of the image side; ``size`` optional, default ``"big"``) -> ``(max_objects, 7)``."""
-    from ldm_lite.data.shapes import COLORS, SHAPES, SIZES
-
     if isinstance(objects, dict):
         objects = [objects]
     if not isinstance(objects, (list, tuple)):
@@ -499,10 +499,7 @@ def build_cond_stage(config: dict) -> nn.Module:
         return FrozenTextEncoder(**cfg)
     if kind == "layout":
         return LayoutEmbedder(**cfg)
-    from ldm_lite.conditioning import spatial
-
-    spatial_kinds = {"spatial-rescaler": spatial.SpatialRescaler, "semantic": spatial.SemanticEncoder,
-                     "inpaint": spatial.InpaintConcat}
+    spatial_kinds = {"spatial-rescaler": SpatialRescaler, "semantic": SemanticEncoder, "inpaint": InpaintConcat}
     if kind in spatial_kinds:
         return spatial_kinds[kind](**cfg)
     raise ValueError(f"unknown cond stage type {kind!r}: expected 'class', 'text', 'text-frozen', 'layout', "

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ldm_lite.data.spatial import one_hot_segmentation
+
 __all__ = ["InpaintConcat", "OneHot", "SemanticEncoder", "SpatialRescaler"]
 
 
@@ -79,8 +81,6 @@ class OneHot(nn.Module):
         self.num_classes = num_classes
 
     def forward(self, seg: torch.Tensor) -> torch.Tensor:
-        from ldm_lite.data.spatial import one_hot_segmentation
-
         return one_hot_segmentation(seg, self.num_classes)
 
 

@@ -6,6 +6,7 @@
 * :func:`load_photo_crops` -- texture-rich crops of the photographs shipped with scikit-image.
 * :mod:`ldm_lite.data.spatial` -- degradations, hole masks and one-hot maps for spatial conditioning.
 * :class:`ImageFolderDataset` -- your own images (CelebA-HQ, FFHQ, LSUN, ...), optional captions file.
+* :func:`load_dataset` -- any of them by name (:mod:`ldm_lite.data.registry`), or a mixture such as ``"shapes+fashion@32"``.
 
 Where the data comes from and its licences: ``data/README.md`` in the repository.
 """
@@ -23,9 +24,12 @@ from ldm_lite.data.folder import ImageFolderDataset
 from ldm_lite.data.photos import PHOTOS, load_photo_crops
 from ldm_lite.data.shapes import COLORS, SHAPES, SIZES, ShapesDataset
 from ldm_lite.data.spatial import SpatialTaskDataset, degrade, keep_mask_from, one_hot_segmentation, random_mask, random_masks
+from ldm_lite.data.registry import DATASETS, ImageMixture, check_dataset, load_dataset, parse_holdout
 
 __all__ = [
     "ArrayImageDataset",
+    "DATASETS",
+    "ImageMixture",
     "COLORS",
     "FASHION_CLASSES",
     "ImageFolderDataset",
@@ -35,12 +39,15 @@ __all__ = [
     "SIZES",
     "ShapesDataset",
     "SpatialTaskDataset",
+    "check_dataset",
     "degrade",
     "keep_mask_from",
+    "load_dataset",
     "load_fashion_mnist",
     "load_openmoji",
     "load_photo_crops",
     "one_hot_segmentation",
+    "parse_holdout",
     "random_mask",
     "random_masks",
     "stable_fraction",

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ldm_lite.io import atomic_write
+
 SPLITS = ("all", "train", "test")
 
 
@@ -221,8 +223,6 @@ def save_npz_atomic(path: str, compress: bool = False, **arrays) -> None:
     """``np.savez`` (``np.savez_compressed`` with ``compress=True``) to a temporary file in the same
     folder, then ``os.replace``: readers never see a half-written cache, and two processes rendering
     at once cannot corrupt it."""
-    from ldm_lite.io import atomic_write
-
     def write(tmp):
         with open(tmp, "wb") as f:
             (np.savez_compressed if compress else np.savez)(f, **arrays)

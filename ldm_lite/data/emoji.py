@@ -30,6 +30,7 @@ import numpy as np
 
 from ldm_lite.config import cache_dir
 from ldm_lite.data.common import ArrayImageDataset, SPLITS, load_npz, save_npz_atomic, split_mask
+from ldm_lite.progress import progress as tqdm
 
 OPENMOJI_CREDIT = (
     "All emojis designed by OpenMoji – the open-source emoji and icon project. "
@@ -135,8 +136,6 @@ def _cache_path(size: int, skin_tones: bool, limit: int | None) -> str:
 
 
 def _render_all(size: int, skin_tones: bool, limit: int | None, progress: bool):
-    from ldm_lite.progress import progress as tqdm
-
     folder = openmoji_svg_dir()
     index = openmoji_index(skin_tones)[:limit]
     images, keys, captions, failed = [], [], [], []

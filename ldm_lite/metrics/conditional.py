@@ -23,8 +23,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ldm_lite.data.shapes import COLORS, SHAPES, SIZES
+from ldm_lite.data.augment import random_degrade
+from ldm_lite.data.shapes import COLORS, SHAPES, SIZES, ShapesDataset
+from ldm_lite.data.spatial import check_image_range
 from ldm_lite.metrics.distances import wilson_interval
+from ldm_lite.metrics.evaluators import load_evaluator
 
 _OBJECT = re.compile(rf"\ba ({'|'.join(SIZES)}) ({'|'.join(COLORS)}) ({'|'.join(SHAPES)})\b")
 # Words a caption may use between its objects: ShapesDataset's relations ("left of", "right of", "above", "below",
@@ -66,8 +69,6 @@ def parse_caption(caption: str) -> list[tuple[str, str, str]]:
 
 def _evaluator(evaluator):
     if evaluator is None:
-        from ldm_lite.metrics.evaluators import load_evaluator
-
         return load_evaluator("shapes")
     if not hasattr(evaluator, "detect"):
         raise TypeError("the evaluator must have a .detect(images) method (a ShapesAttributeNet)")
@@ -78,8 +79,6 @@ def _detect(evaluator, images: torch.Tensor, batch_size: int = 128, what: str = 
     """The attribute network's detections. ``images`` must be ShapesDataset-like renders in [-1, 1]: finite, within
     the range, and not all >= 0 -- every render has a dark background (-0.84 in [-1, 1]), so a batch without a single
     negative value is [0, 1] images (an error naming the conversion ``x * 2 - 1``), not a bright scene."""
-    from ldm_lite.data.spatial import check_image_range
-
     if not torch.is_tensor(images) or images.dim() != 4:
         raise ValueError(f"{what} must be a (B, 3, H, W) tensor in [-1, 1]; got "
                          f"{tuple(images.shape) if torch.is_tensor(images) else type(images).__name__}")
@@ -270,8 +269,6 @@ def class_accuracy(images: torch.Tensor, labels, classifier=None, min_confidence
     (for unconditional samples).
     """
     if classifier is None:
-        from ldm_lite.metrics.evaluators import load_evaluator
-
         classifier = load_evaluator("fashion")
     classifier.eval()
     device = next(classifier.parameters()).device
@@ -294,9 +291,6 @@ def class_accuracy(images: torch.Tensor, labels, classifier=None, min_confidence
 def shapes_heldout_accuracy(evaluator, n: int = 1000, seed: int = 777, size: int = 64) -> dict:
     """The shapes evaluator on ``n`` fresh renders (a seed training never used): caption accuracy and
     layout accuracy on clean images and on images degraded at the training augmentations' full strength."""
-    from ldm_lite.data.shapes import ShapesDataset
-    from ldm_lite.data.augment import random_degrade
-
     ds = ShapesDataset(size, length=n, seed=seed)
     items = [ds[i] for i in range(n)]
     x = torch.stack([it["image"] for it in items])

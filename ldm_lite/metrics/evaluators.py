@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ldm_lite.data.shapes import COLORS, SHAPES, SIZES
+from ldm_lite.exports import load_manifest, load_state_dict
 
 #: Shipped evaluator per dataset name.
 SHIPPED_EVALUATORS = {
@@ -280,8 +281,6 @@ def load_evaluator(name_or_dataset: str, device="cpu") -> nn.Module:
     ``name_or_dataset``: ``"fashion"``, ``"shapes"``, ``"openmoji"`` (the shipped network for that
     dataset), a shipped checkpoint name (``"eval_fashion_classifier"``) or a path to an exported one.
     """
-    from ldm_lite.pretrained import load_manifest, load_state_dict
-
     ckpt = SHIPPED_EVALUATORS.get(name_or_dataset, name_or_dataset)
     manifest = load_manifest(ckpt)
     if manifest.get("kind") != "evaluator":

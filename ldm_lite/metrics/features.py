@@ -16,6 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ldm_lite.notices import announce_once
+from ldm_lite.metrics.evaluators import load_evaluator
+from ldm_lite.progress import progress as tqdm
 
 logger = logging.getLogger("ldm_lite.metrics")
 
@@ -198,6 +200,88 @@ def _module_device(module: Any, default: torch.device | str = "cpu") -> torch.de
     return torch.device(default)
 
 
+# The fixed-seed random VGG16 trunk: the features of the random-VGG substitute below, and the trunk of the
+# perceptual loss's offline substitute (ldm_lite.autoencoder.perceptual, whose docstring explains the choice).
+
+#: Seed of the substitute's random VGG16; changing it changes every substitute number.
+RANDOM_VGG_SEED = 0
+
+#: LPIPS v0.1 input scaling: ImageNet mean/std expressed for images in [-1, 1].
+_LPIPS_SHIFT = (-0.030, -0.088, -0.188)
+_LPIPS_SCALE = (0.458, 0.448, 0.450)
+
+#: VGG16 ``features`` up to relu5_3: conv widths per stage; a max-pool sits between stages.
+_VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+_STAGE_NAMES = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
+
+
+class RandomVGG16Features(nn.Module):
+    """VGG16 convolutional stack (up to relu5_3) with fixed-seed random weights.
+
+    Same layer layout as ``torchvision.models.vgg16().features[:30]``: 13 3x3 convolutions
+    (padding 1) with ReLU, a 2x2 max-pool between the five stages. Weights are drawn from
+    He-normal ``N(0, 2 / fan_in)`` with a private ``torch.Generator(seed)``, biases are 0, so the
+    network is identical on every machine and in every process, and the global RNG is untouched.
+
+    The weights are *non-persistent buffers*: they follow ``.to(device)`` but are not written into
+    checkpoints (they are regenerated from the seed) and no optimiser can ever pick them up.
+
+    ``forward(x)`` takes ``(B, 3, H, W)`` (already LPIPS-scaled) and returns the five feature maps
+    ``[(B, 64, H, W), (B, 128, H/2, W/2), (B, 256, H/4, W/4), (B, 512, H/8, W/8),
+    (B, 512, H/16, W/16)]``.
+
+    ``width`` < 1 scales every channel count (e.g. 0.25 gives 16…128 channels and costs about
+    1/16 of the multiply-adds) for CPU-bound runs; ``width=1`` is the exact VGG16 layout.
+    """
+
+    def __init__(self, seed: int = RANDOM_VGG_SEED, width: float = 1.0):
+        super().__init__()
+        if not width > 0:
+            raise ValueError(f"width must be > 0 (a fraction of VGG16's channels); got {width}.")
+        self.seed, self.width = seed, width
+        gen = torch.Generator().manual_seed(seed)
+        self.layout: list[list[str]] = []  # buffer names, stage by stage
+        c_in = 3
+        for s, widths in enumerate(_VGG16_STAGES):
+            names = []
+            for j, c_full in enumerate(widths):
+                c_out = max(8, round(c_full * width))
+                fan_in = c_in * 9
+                w = torch.randn(c_out, c_in, 3, 3, generator=gen) * (2.0 / fan_in) ** 0.5
+                name = f"conv{s + 1}_{j + 1}"
+                self.register_buffer(f"{name}_weight", w, persistent=False)
+                self.register_buffer(f"{name}_bias", torch.zeros(c_out), persistent=False)
+                names.append(name)
+                c_in = c_out
+            self.layout.append(names)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = []
+        h = x
+        for s, names in enumerate(self.layout):
+            if s > 0:
+                h = F.max_pool2d(h, kernel_size=2, stride=2)
+            for name in names:
+                h = F.relu(F.conv2d(h, getattr(self, f"{name}_weight"), getattr(self, f"{name}_bias"), padding=1))
+            feats.append(h)
+        return feats
+
+    def torchvision_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights under ``torchvision.models.vgg16().features`` keys (``"0.weight"``, …).
+
+        Lets the tests load this network into ``lpips``'s own VGG and compare outputs.
+        """
+        out, idx = {}, 0
+        for s, names in enumerate(self.layout):
+            if s > 0:
+                idx += 1  # max-pool
+            for name in names:
+                out[f"{idx}.weight"] = getattr(self, f"{name}_weight")
+                out[f"{idx}.bias"] = getattr(self, f"{name}_bias")
+                idx += 2  # conv, relu
+        return out
+
+
 class RandomVGGFeatureExtractor(FeatureExtractor):
     """The offline SUBSTITUTE for Inception features: pooled activations of a random VGG16.
 
@@ -236,16 +320,7 @@ class RandomVGGFeatureExtractor(FeatureExtractor):
 
     def __init__(self, seed: int | None = None, width: float = 1.0, size: int = RANDOM_VGG_FEATURE_SIZE):
         super().__init__()
-        # The same random trunk and input scaling as the perceptual substitute. Imported here, not at
-        # the top: ldm_lite.autoencoder.training imports this module (no import cycle, ever).
-        from ldm_lite.autoencoder.perceptual import (
-            _LPIPS_SCALE,
-            _LPIPS_SHIFT,
-            _STAGE_NAMES,
-            RANDOM_VGG_SEED,
-            RandomVGG16Features,
-        )
-
+        # The same random trunk and input scaling as the perceptual substitute.
         seed = RANDOM_VGG_SEED if seed is None else seed
         if size < 16:
             raise ValueError(f"size must be at least 16 px (VGG16 pools four times); got {size}")
@@ -488,8 +563,6 @@ def domain_feature_extractor(dataset: str) -> "ClassifierFeatureExtractor":
     Labelled with the network's name and held-out score from its manifest; these are the numbers the
     course trusts for its own data (chapter 08), and they are not comparable with Inception FIDs.
     """
-    from ldm_lite.metrics.evaluators import load_evaluator
-
     net = load_evaluator(dataset)
     ext = ClassifierFeatureExtractor(net, dim=net.feature_dim)
     ext.name = (f"{net.name} (course-trained {dataset} features, data/pretrained/{net.manifest.get('weights', '?')}; "
@@ -622,8 +695,6 @@ def compute_features(extractor: FeatureExtractor | str, images_or_dataset: Any, 
     extractor = get_feature_extractor(extractor) if isinstance(extractor, str) else extractor
     batches = _iter_image_batches(images_or_dataset, batch_size, limit)
     if progress:
-        from ldm_lite.progress import progress as tqdm
-
         batches = tqdm(batches, desc=f"features ({extractor.name[:40]})", leave=False)
     device = _module_device(extractor, "cpu")
     out = [extractor(x.to(device)).cpu() for x in batches]

@@ -7,11 +7,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ldm_lite.data.augment import random_degrade
 from ldm_lite.metrics.distances import (
     StreamingFeatureStats, fid_from_features, kid_from_features, precision_recall, set_metrics_with_intervals,
 )
 from ldm_lite.metrics.distances import feature_statistics, frechet_distance
 from ldm_lite.metrics.features import FeatureExtractor, _image_of, compute_features, get_feature_extractor
+from ldm_lite.progress import progress as tqdm
 
 # ------------------------------------------------------------------------------------------------
 # Front doors: images or datasets in, labelled numbers out
@@ -151,8 +153,6 @@ def stream_features(extractor: Any, batches, keep: int = 5000, seed: int = 0,
     ext = _resolve_extractor(extractor)
     stats = StreamingFeatureStats(keep=keep, seed=seed)
     if progress:
-        from ldm_lite.progress import progress as tqdm
-
         batches = tqdm(batches, desc="streaming features", leave=False)
     with torch.no_grad():
         for x in batches:
@@ -181,8 +181,6 @@ def quality_report(samples: Any, reference: Any, train: Any = None, extractor: A
     Returns ``dict(samples={fid, kid, precision, recall: dict(value, ci95)}, floor=..., ceiling=...,
     feature, is_substitute, n_samples, n_reference, n_boot)``.
     """
-    from ldm_lite.data.augment import random_degrade
-
     ext = _resolve_extractor(extractor)
     ref = features_of(ext, reference, batch_size, progress)
     fake = features_of(ext, samples, batch_size, progress)

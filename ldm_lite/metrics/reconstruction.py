@@ -8,6 +8,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ldm_lite.data.spatial import keep_mask_from
+
+
 def _to_unit(x: torch.Tensor) -> torch.Tensor:
     return ((x.float().clamp(-1, 1) + 1) / 2)
 
@@ -74,8 +77,6 @@ def masked_l1(x: torch.Tensor, y: torch.Tensor, hole_mask: torch.Tensor, reducti
     x, y: (B, C, H, W) in [-1, 1]; ``hole_mask`` (B or 1, 1, H, W), binary. ``reduction="none"`` returns (B,).
     """
     _check_pair(x, y)
-    from ldm_lite.data.spatial import keep_mask_from
-
     hole = 1.0 - keep_mask_from(hole_mask=hole_mask, like=x).to(x.device)
     hole = hole.expand(x.shape[0], 1, *x.shape[-2:])
     area = hole.flatten(1).sum(1)
