@@ -7,6 +7,7 @@ evaluates on held-out data, and (optionally) exports a small checkpoint with a m
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import shlex
 import sys
@@ -78,6 +79,21 @@ def stack_images(dataset, limit: int | None = None) -> torch.Tensor:
         return dataset.tensors(limit)
     n = len(dataset) if limit is None else min(limit, len(dataset))
     return torch.stack([dataset[i]["image"] for i in range(n)])
+
+
+@contextlib.contextmanager
+def _run_folder(out_dir: str | None, resume):
+    """Hold ``out_dir`` for one run: its checks and run lock (:func:`_preflight`) on entry; on exit the lock is
+    released and a folder this run created is removed again if it stayed empty (a run that failed early)."""
+    created = out_dir is not None and not Path(out_dir).exists()
+    lock = _preflight(out_dir, resume)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+        if created:
+            _remove_if_empty(out_dir)
 
 
 def _preflight(out_dir: str | None, resume):
@@ -291,16 +307,9 @@ def train_autoencoder(recipe: AERecipe, out_dir: str | None = None, ckpt_every: 
     check_dataset(recipe.data)
     if recipe.init_from:
         _check_ae_init(recipe)
-    created = out_dir is not None and not Path(out_dir).exists()
-    lock = _preflight(out_dir, resume)
-    try:
+    with _run_folder(out_dir, resume):
         return _train_autoencoder(recipe, out_dir, ckpt_every, resume, progress, export, perceptual, callbacks,
                                   command, eval_every, force)
-    finally:
-        if lock is not None:
-            lock.release()
-        if created:
-            _remove_if_empty(out_dir)
 
 
 def _train_autoencoder(recipe, out_dir, ckpt_every, resume, progress, export, perceptual, callbacks, command,
@@ -765,16 +774,9 @@ def train_ldm(recipe: LDMRecipe, first_stage=None, out_dir: str | None = None, c
     folder is refused, naming this one's pid.
     """
     _check_ldm_inputs(recipe, first_stage)
-    created = out_dir is not None and not Path(out_dir).exists()
-    lock = _preflight(out_dir, resume)
-    try:
+    with _run_folder(out_dir, resume):
         return _train_ldm(recipe, first_stage, out_dir, ckpt_every, resume, progress, export, cache_latents,
                           callbacks, command, cond_stage, force)
-    finally:
-        if lock is not None:
-            lock.release()
-        if created:
-            _remove_if_empty(out_dir)
 
 
 def _train_ldm(recipe, first_stage, out_dir, ckpt_every, resume, progress, export, cache_latents, callbacks,
