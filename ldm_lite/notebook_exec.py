@@ -1,7 +1,7 @@
 """Headless notebook execution that cannot stall on a lost ZeroMQ wake-up (``ldm-lite execute-notebook`` and
 the notebook tests use it).
 
-The stall it prevents (issue 13, item 8): nbclient waits for a cell's ``execute_reply`` with
+The stall it prevents: nbclient waits for a cell's ``execute_reply`` with
 ``await socket.poll(timeout)`` on the shell socket. When a cell displays an ``ipywidgets.Output`` widget (every
 ``interact``), nbclient also *sends* on that socket -- it mirrors the widget's captured outputs back to the kernel
 as a ``comm_msg`` -- and a send on a ZeroMQ socket processes its pending commands, which can consume the

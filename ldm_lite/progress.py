@@ -1,4 +1,4 @@
-"""Progress bars that read correctly live *and* in committed notebook outputs (DESIGN §6, §9).
+"""Progress bars that read correctly live *and* in committed notebook outputs.
 
 Live -- JupyterLab, a terminal, a script -- every long loop shows ``tqdm.auto``'s bar (a widget in a
 notebook, text in a terminal). A notebook executed non-interactively to commit its outputs is different:
@@ -14,7 +14,7 @@ widget's state (GitHub, nbviewer, nbconvert) show the ``text/plain`` copy. So in
 is displayed with a display id and re-sent when it closes: the saved ``text/plain`` reads the final count
 (``train: 100%|██████████| 1500/1500 ...``, or where it stopped), and a transient bar leaves an empty output
 instead of a frozen one. Widget updates are cheap: 1,500 iterations with ``set_postfix`` each send ~1,600 small
-comm messages, which nbclient handles in ~30 ms in total (measured for issue 13 item 8), so no rate limit
+comm messages, which nbclient handles in ~30 ms in total (measured), so no rate limit
 beyond tqdm's own ``mininterval`` is needed.
 """
 

@@ -1,4 +1,4 @@
-"""Every notebook exercise check, run against its solution in notebooks/solutions/ (DESIGN §9)."""
+"""Every notebook exercise check, run against its solution in notebooks/solutions/."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The exercise checks of notebooks 00-05, run as the notebooks run them (DESIGN §9, issue 13 item 7).
+"""The exercise checks of notebooks 00-05, run as the notebooks run them.
 
 Each notebook ends with a cell tagged ``exercise-stub`` (functions that raise ``NotImplementedError``) and a cell
 tagged ``exercise-check`` (a ``check(name, run)`` per exercise). The check cell is self-contained, so it is executed

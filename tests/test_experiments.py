@@ -104,7 +104,7 @@ def test_shipped_autoencoder_reproduces_its_manifest(name):
     assert metrics["psnr"] == pytest.approx(man["metrics"]["psnr"], abs=0.1)
     if (man["config"]["f"] == 4 and man["config"]["reg"] == "kl" and man["data"]["name"] == "openmoji"
             and man["data"]["size"] == 64):  # the course's first stage (the 32 px f-sweep models are small on purpose)
-        assert metrics["psnr"] >= 26.0, "issue 3: the shipped f=4 KL autoencoder must reach 26 dB held-out PSNR"
+        assert metrics["psnr"] >= 26.0, "the shipped f=4 KL autoencoder must reach 26 dB held-out PSNR"
     if "shapes" in man["data"]["name"]:
         # the course first stage of chapters 06/07: what a conditional model can express passes through it,
         # so reconstructions must keep every object's colour and shape (the attribute net reads them)

@@ -1,4 +1,4 @@
-"""The ``ldm-lite`` console script as a user meets it (issue 12): bad options and failures give one line in CLI
+"""The ``ldm-lite`` console script as a user meets it: bad options and failures give one line in CLI
 terms on stderr and a non-zero exit, before any work is lost and without writing anything. Each case runs the real
 console script in a subprocess."""
 

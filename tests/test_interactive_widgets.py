@@ -1,4 +1,4 @@
-"""The notebooks' widgets driven from Python, no browser (issue 13 items 8 and 10).
+"""The notebooks' widgets driven from Python, no browser.
 
 * ``interact_figure`` (chapters 01, 02): redraws on a change and never displays the function's return value
   (``ipywidgets.interact`` does: a long tensor repr under the figure);

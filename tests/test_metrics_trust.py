@@ -1,4 +1,4 @@
-"""Sanity tests every sample-quality metric passes before a notebook uses it (DESIGN §7, issue 9).
+"""Sanity tests every sample-quality metric passes before a notebook uses it.
 
 Closed forms and a reference package (torchmetrics) on synthetic features first; then the shipped
 evaluators on real images: monotone under degradation, and held-out real < shipped LDM < 600-step LDM.

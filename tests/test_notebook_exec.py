@@ -1,5 +1,5 @@
 """The notebook runner's kernel client cannot miss a reply whose ZeroMQ wake-up was consumed by a send on the
-same socket (the nbclient stall of issue 13, item 8; ldm_lite/notebook_exec.py explains)."""
+same socket (the nbclient stall; ldm_lite/notebook_exec.py explains)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ import pytest
 from ldm_lite.notebook_exec import notebook_client
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-# DESIGN.md: every notebook runs in <= 90 s on 2 CPU cores at smoke scale. The assertion leaves room for a
+# Every notebook runs in <= 90 s on 2 CPU cores at smoke scale. The assertion leaves room for a
 # slower or busier CI machine; it catches a notebook that accidentally runs at a larger scale.
 BUDGET_S = float(os.environ.get("LDM_NOTEBOOK_BUDGET_S", "300"))
 
@@ -38,7 +38,7 @@ def test_notebook_runs_at_smoke_scale(path, monkeypatch):
     monkeypatch.setenv("LDM_PROGRESS", "summary")
     # notebook_client, not nbclient's plain NotebookClient: a cell that shows an ipywidgets Output (every
     # interact) stalled the plain client until its timeout in about a third of runs on this machine -- a reply
-    # whose ZeroMQ wake-up was lost (ldm_lite/notebook_exec.py explains; issue 13 item 8)
+    # whose ZeroMQ wake-up was lost (ldm_lite/notebook_exec.py explains)
     nb = nbformat.read(path, as_version=4)
     client = notebook_client(nb, timeout=150, kernel_name="python3",
                              resources={"metadata": {"path": str(path.parent)}})
@@ -48,7 +48,7 @@ def test_notebook_runs_at_smoke_scale(path, monkeypatch):
     assert elapsed <= BUDGET_S, f"{path.name} took {elapsed:.0f} s at smoke scale (budget {BUDGET_S:.0f} s)"
 
 
-# Notebooks whose committed outputs were produced by `ldm-lite execute-notebook` (DESIGN §9). The older
+# Notebooks whose committed outputs were produced by `ldm-lite execute-notebook`. The older
 # chapters predate the command; add each one here when it is re-executed with it.
 EXECUTED_BY_SCRIPT = tuple(sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9]*.ipynb")))
 

@@ -2,7 +2,7 @@
 
 Used to train the course's evaluators so that what a generative model gets slightly wrong (blur, noise,
 colour cast, the smoothness of a coarse latent grid) does not fool them, and -- at full strength -- as
-the "degraded real images" ceiling beside every sample-quality number (DESIGN §7). Hue is never
+the "degraded real images" ceiling beside every sample-quality number. Hue is never
 jittered: on ShapesDataset colour is a label.
 """
 

@@ -2,7 +2,7 @@
 one-hot segmentation maps (semantic synthesis). Every random choice comes from an explicit seed, so a
 mask or a degradation is the same on every machine and in every run.
 
-Mask convention (one for the course, DESIGN §8). The paper's inpainting *script* marks the hole with 1,
+Mask convention (one for the course). The paper's inpainting *script* marks the hole with 1,
 its DDIM *sampler* marks the known region with 1. Here a mask argument always says which it is in its
 name -- ``hole_mask`` (1 = missing, to be generated) or ``keep_mask`` (1 = known, kept) -- and
 :func:`keep_mask_from` is the one place that converts between them.

@@ -1,4 +1,4 @@
-"""Measurement for the course (chapter 08, DESIGN §7), split by purpose:
+"""Measurement for the course (chapter 08), split by purpose:
 
 =====================  ==========================================================================
 ``reconstruction``     PSNR, SSIM (chapter 01's autoencoders), L1 inside an inpainting hole (07)

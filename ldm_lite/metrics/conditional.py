@@ -1,4 +1,4 @@
-"""Conditional scores: did the sample show what the condition asked for? (DESIGN §7, chapter 08)
+"""Conditional scores: did the sample show what the condition asked for? (chapter 08)
 
 On ShapesDataset the condition is checkable exactly, because the generator knows every object:
 

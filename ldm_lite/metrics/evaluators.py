@@ -1,4 +1,4 @@
-"""The course's own feature networks ("evaluators"), trained on its offline data (DESIGN §7).
+"""The course's own feature networks ("evaluators"), trained on its offline data.
 
 Inception-v3 -- the network behind published FIDs -- was trained on ImageNet photographs, and its weights
 cannot be downloaded here. Even where they can, it is a poor judge of 28 px garments, flat-colour emoji

@@ -100,7 +100,7 @@ def format_metric(name: str, result: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-# The report a reader can trust: n, interval, floor and ceiling beside every number (DESIGN §7)
+# The report a reader can trust: n, interval, floor and ceiling beside every number
 # ------------------------------------------------------------------------------------------------
 def _is_features(x: Any) -> bool:
     return (torch.is_tensor(x) or isinstance(x, np.ndarray)) and np.ndim(x) == 2
@@ -165,7 +165,7 @@ def quality_report(samples: Any, reference: Any, train: Any = None, extractor: A
                    n_boot: int = 100, ceiling_strength: float = 1.0, k: int = 3, seed: int = 0,
                    batch_size: int = 64, progress: bool = False) -> dict:
     """FID, KID and precision / recall of ``samples`` against held-out ``reference`` images, each with a
-    bootstrap 95 % interval, and beside them what real images score (DESIGN §7):
+    bootstrap 95 % interval, and beside them what real images score:
 
     * ``floor``: real images the model could have copied -- ``train`` images, as many as there are
       samples -- against the same held-out reference. A model scoring *better* than the floor means the
