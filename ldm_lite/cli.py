@@ -1185,7 +1185,7 @@ def _run_execute_notebook(args) -> dict:
     import torch
 
     from ldm_lite.io import atomic_write
-    from ldm_lite.notebook_exec import notebook_client
+    from ldm_lite.notebook_exec import notebook_client, tidy_outputs
 
     notebooks = []
     for path in map(Path, args.notebooks):
@@ -1231,6 +1231,7 @@ def _run_execute_notebook(args) -> dict:
         nb.metadata["ldm_lite"] = dict(scale=args.scale, wall_time_s=round(wall, 1), torch=torch.__version__,
                                        python=platform.python_version(), cpu_threads=torch.get_num_threads(),
                                        date=datetime.date.today().isoformat())
+        tidy_outputs(nb, Path(__file__).resolve().parent.parent)  # no machine paths, no raw widget reprs
         atomic_write(path, lambda tmp: nbformat.write(nb, tmp))
         done[str(path)] = round(wall, 1)
         print(f"{path}: {args.scale} scale, {wall:.0f} s")

@@ -20,8 +20,11 @@ read (``ZMQ_EVENTS``), and they report the message whose wake-up was lost: it is
 
 from __future__ import annotations
 
+import json
+import os
 import time
 import typing as t
+from pathlib import Path
 from queue import Empty
 
 import zmq
@@ -30,7 +33,7 @@ from jupyter_client.channels import AsyncZMQSocketChannel
 from jupyter_client.manager import AsyncKernelManager
 from traitlets import DottedObjectName, Type
 
-__all__ = ["PatientKernelManager", "notebook_client", "POLL_SLICE_S"]
+__all__ = ["PatientKernelManager", "notebook_client", "POLL_SLICE_S", "tidy_outputs"]
 
 POLL_SLICE_S = 1.0
 
@@ -64,3 +67,50 @@ def notebook_client(nb, **kwargs):
     from nbclient import NotebookClient
 
     return NotebookClient(nb, kernel_manager_class=PatientKernelManager, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# What a reader of the saved notebook sees: no machine paths, no raw widget reprs
+# ------------------------------------------------------------------------------------------------------------
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+WIDGET_NOTE = ("[an interactive widget (ipywidgets): its controls appear when this cell runs in Jupyter; the saved "
+               "notebook keeps only this note]")
+
+
+def _tidy_text(text: str, root: str, home: str) -> str:
+    """Paths inside the repository become relative to it (``ldm_lite/metrics/quality.py``), the home folder ``~``."""
+    if root:
+        text = text.replace(root.rstrip("/") + "/", "")
+    if home and home != "/":
+        text = text.replace(home.rstrip("/") + "/", "~/")
+    return text
+
+
+def tidy_outputs(nb, root: str | os.PathLike, home: str | os.PathLike | None = None) -> int:
+    """Make a notebook's saved outputs readable on any machine, in place; returns how many outputs changed.
+
+    * the plain-text fallback of a widget (``VBox(children=(...))``, all a reader without the kernel sees) becomes
+      a short note saying what the cell shows when run;
+    * absolute paths under ``root`` (the repository) are written relative to it -- a warning names
+      ``ldm_lite/metrics/quality.py:32``, not this machine's checkout -- and paths under ``home`` start with ``~``.
+    Nothing else is touched: numbers, figures and the order of outputs stay as they were computed.
+    """
+    root = str(Path(root).resolve())
+    home = str(Path(home if home is not None else Path.home()))
+    changed = 0
+    for cell in nb.get("cells", []):
+        for out in cell.get("outputs", []) if cell.get("cell_type") == "code" else ():
+            before = json.dumps(out, sort_keys=True)
+            data = out.get("data")
+            if isinstance(data, dict) and WIDGET_MIME in data and "text/plain" in data:
+                data["text/plain"] = WIDGET_NOTE
+            if isinstance(out.get("text"), (str, list)):
+                text = out["text"] if isinstance(out["text"], str) else "".join(out["text"])
+                out["text"] = _tidy_text(text, root, home)
+            if isinstance(data, dict) and isinstance(data.get("text/plain"), (str, list)):
+                plain = data["text/plain"] if isinstance(data["text/plain"], str) else "".join(data["text/plain"])
+                data["text/plain"] = _tidy_text(plain, root, home)
+            if out.get("output_type") == "error":
+                out["traceback"] = [_tidy_text(t, root, home) for t in out.get("traceback", [])]
+            changed += json.dumps(out, sort_keys=True) != before
+    return changed

@@ -78,3 +78,25 @@ def test_the_runner_uses_the_patient_client_on_both_channels():
     assert PatientKernelManager().client_factory is PatientKernelClient
     kc = PatientKernelClient()
     assert kc.shell_channel_class is _PatientChannel and kc.iopub_channel_class is _PatientChannel
+
+
+def test_saved_outputs_show_no_machine_paths_and_no_raw_widget_reprs(tmp_path):
+    import nbformat
+
+    from ldm_lite.notebook_exec import WIDGET_NOTE, tidy_outputs
+
+    root, home = tmp_path / "repo", "/home/learner"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x", outputs=[
+        nbformat.v4.new_output("stream", name="stderr",
+                               text=f"{root}/ldm_lite/metrics/quality.py:32: FeatureSubstituteWarning: ... weights at "
+                                    f"{home}/.cache/torch/hub/checkpoints/vgg16.pth\n"),
+        nbformat.v4.new_output("display_data", data={"text/plain": "VBox(children=(IntSlider(value=0),))",
+                                                     "application/vnd.jupyter.widget-view+json": {"model_id": "a"}}),
+        nbformat.v4.new_output("execute_result", data={"text/plain": "0.5"}, execution_count=1),
+    ])])
+    assert tidy_outputs(nb, root, home) == 2
+    outs = nb.cells[0].outputs
+    assert outs[0].text.startswith("ldm_lite/metrics/quality.py:32:") and "~/.cache/torch/hub" in outs[0].text
+    assert str(root) not in outs[0].text and home not in outs[0].text
+    assert outs[1].data["text/plain"] == WIDGET_NOTE and "model_id" in str(outs[1].data)
+    assert outs[2].data["text/plain"] == "0.5"  # results are never touched
