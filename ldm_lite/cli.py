@@ -87,9 +87,11 @@ def _set_threads(args) -> None:
         torch.set_num_threads(args.threads)
 
 
-def _add_run_args(p, seed: int) -> None:
-    """The options every training command shares: seed, run folder, checkpoints, export, threads."""
-    p.add_argument("--seed", type=int, default=seed)
+def _add_run_args(p, seed: int | None) -> None:
+    """The options every training command shares: seed (None: the command's settings have it), run folder,
+    checkpoints, export, threads."""
+    if seed is not None:
+        p.add_argument("--seed", type=int, default=seed)
     p.add_argument("--out", default=None, help="run folder for checkpoints (resume with --resume)")
     p.add_argument("--ckpt-every", type=_positive_int, default=None)
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
@@ -103,70 +105,33 @@ def _add_run_args(p, seed: int) -> None:
 def _add_train_ae(sub) -> None:
     from ldm_lite.experiments import AERecipe
 
-    d = AERecipe()
     p = sub.add_parser("train-ae", help="train a first-stage autoencoder (chapter 01)")
-    p.add_argument("--data", default=d.data, help="openmoji | shapes | fashion | photos | a mixture such as "
-                                                  "shapes+fashion@32 | an image folder")
-    p.add_argument("--size", type=_positive_int, default=d.size)
-    p.add_argument("--f", type=int, default=d.f, help="downsampling factor: 1, 2, 4, 8, 16 or 32")
-    p.add_argument("--reg", choices=["kl", "vq"], default=d.reg)
-    p.add_argument("--ch", type=_positive_int, default=d.ch)
-    p.add_argument("--ch-mult", type=_tuple, default=None, help="e.g. 1,2,4 (default from f)")
-    p.add_argument("--num-res-blocks", type=_positive_int, default=d.num_res_blocks)
-    p.add_argument("--z-channels", type=_positive_int, default=d.z_channels)
-    p.add_argument("--n-embed", type=_positive_int, default=None, help=f"--reg vq: codebook size (default {d.n_embed})")
-    p.add_argument("--crop", type=_positive_int, default=None, help="train on random crops of this size (faster)")
-    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
-    p.add_argument("--steps", type=_positive_int, default=d.steps)
-    p.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
-    p.add_argument("--lr", type=_finite_float(0, low_open=True), default=d.lr)
-    p.add_argument("--kl-weight", type=_finite_float(0), default=None,
-                   help=f"--reg kl: weight of the KL term (default {d.kl_weight:g})")
-    p.add_argument("--perceptual-weight", type=_finite_float(0), default=d.perceptual_weight)
-    p.add_argument("--perceptual", default=None,
-                   help=f"auto | lpips | random-vgg | none (default {d.perceptual}; needs --perceptual-weight > 0)")
-    p.add_argument("--disc-start", type=_int_at_least(0), default=None,
-                   help="step at which the PatchGAN starts (default: no GAN)")
-    p.add_argument("--disc-weight", type=_finite_float(0), default=None,
-                   help=f"with --disc-start: weight of the GAN loss (default {d.disc_weight:g})")
-    p.add_argument("--ema-decay", type=_finite_float(0, 1, high_open=True), default=None)
+    _add_settings(p, AERecipe)  # every recipe setting: the data, the autoencoder's, its loss's, the training's
     p.add_argument("--eval-every", type=_positive_int, default=None, help="report held-out PSNR/SSIM every N steps")
-    p.add_argument("--init-from", default=None,
-                   help="start from this exported autoencoder's weights (same architecture), e.g. ae_kl_f4_openmoji64")
-    p.add_argument("--train-part", choices=["all", "decoder"], default="all",
-                   help="decoder: freeze encoder and quantiser so the latents (and the LDMs trained on them) are kept")
-    _add_run_args(p, d.seed)
+    _add_run_args(p, None)
 
 
 def _run_train_ae(args) -> dict:
-    import torch
-
     from ldm_lite.experiments import AERecipe, check_checkpoint, check_dataset, train_autoencoder
 
+    given = _given_settings(args, AERecipe)
     d = AERecipe()
-    unused = [("--n-embed", args.n_embed, args.reg != "vq", "is the VQ codebook size: used only with --reg vq"),
-              ("--kl-weight", args.kl_weight, args.reg != "kl", "weighs the KL term: used only with --reg kl"),
-              ("--disc-weight", args.disc_weight, args.disc_start is None,
+    reg = given.get("reg", d.reg)
+    unused = [("--n-embed", reg != "vq", "is the VQ codebook size: used only with --reg vq"),
+              ("--kl-weight", reg != "kl", "weighs the KL term: used only with --reg kl"),
+              ("--codebook-weight", reg != "vq", "weighs the codebook loss: used only with --reg vq"),
+              ("--disc-weight", "disc_start" not in given,
                "weighs the PatchGAN loss, and the GAN is off unless --disc-start N is given"),
-              ("--perceptual", args.perceptual, args.perceptual_weight == 0 and args.perceptual != "none",
-               "chooses the perceptual loss, which --perceptual-weight 0 turns off")]
-    for option, value, idle, why in unused:
-        if value is not None and idle:
+              ("--perceptual", given.get("perceptual_weight", d.perceptual_weight) == 0
+               and args.perceptual != "none", "chooses the perceptual loss, which --perceptual-weight 0 turns off")]
+    for option, idle, why in unused:
+        if given.get(option[2:].replace("-", "_")) is not None and idle:
             raise SystemExit(f"{option} {why}")
-    check_dataset(args.data)
-    if args.init_from:
-        check_checkpoint(args.init_from, "autoencoder", f"--init-from {args.init_from}")
+    check_dataset(given.get("data", d.data))
+    if given.get("init_from"):
+        check_checkpoint(given["init_from"], "autoencoder", f"--init-from {given['init_from']}")
     _set_threads(args)
-    pick = lambda value, default: default if value is None else value  # noqa: E731 -- an option left out
-    recipe = AERecipe(
-        data=args.data, size=args.size, f=args.f, reg=args.reg, ch=args.ch, ch_mult=args.ch_mult,
-        num_res_blocks=args.num_res_blocks, z_channels=args.z_channels, n_embed=pick(args.n_embed, d.n_embed),
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, kl_weight=pick(args.kl_weight, d.kl_weight),
-        perceptual_weight=args.perceptual_weight, perceptual=pick(args.perceptual, d.perceptual),
-        disc_start=pick(args.disc_start, d.disc_start), disc_weight=pick(args.disc_weight, d.disc_weight),
-        ema_decay=args.ema_decay, seed=args.seed, crop=args.crop, lr_schedule=args.lr_schedule,
-        init_from=args.init_from, train_part=args.train_part,
-    )
+    recipe = AERecipe(**given)
     result = train_autoencoder(recipe, out_dir=args.out, ckpt_every=args.ckpt_every, resume=args.resume,
                                export=args.export, eval_every=args.eval_every, force=args.force,
                                command="ldm-lite " + " ".join(shlex.quote(a) for a in args.argv))
@@ -176,145 +141,123 @@ def _run_train_ae(args) -> dict:
     return summary
 
 
+def _option_type(f):
+    """The argparse type of a config field: from its ``cli`` hints (``setting(...)``), else from its annotation."""
+    cli, t = f.metadata.get("cli", {}), str(f.type)
+    kind = cli.get("type")
+    is_float = t.startswith("float")
+    kinds = {"positive": _finite_float(0, low_open=True) if is_float else _positive_int,
+             "count": _int_at_least(0), "non-negative": _finite_float(0),
+             "probability": _finite_float(0, 1, high_open=True), "power2": _power_of_two, "int": int,
+             "float": _finite_float(cli.get("low"), cli.get("high"), low_open=bool(cli.get("open")),
+                                    high_open=bool(cli.get("open"))),
+             "list": lambda text: tuple(v.strip() for v in text.split(",") if v.strip())}
+    if kind in kinds:
+        return kinds[kind]
+    if t.startswith("tuple[int"):
+        return _tuple
+    if t.startswith("int"):
+        return _positive_int
+    return _finite_float() if is_float else str
+
+
+def _add_settings(p, recipe_cls, skip: tuple[str, ...] = ()) -> None:
+    """One option per field of ``recipe_cls`` (``--field-name``; a bool that defaults to True: ``--no-field-name``),
+    with the field's description as help. Every option defaults to None (= not given, the recipe's default)."""
+    import dataclasses
+
+    for f in dataclasses.fields(recipe_cls):
+        cli = f.metadata.get("cli", {})
+        if f.name in skip or cli.get("flag", True) is False:
+            continue
+        doc, default = f.metadata.get("doc", ""), f.default
+        if str(f.type) == "bool":
+            flag = f"--no-{f.name.replace('_', '-')}" if default else f"--{f.name.replace('_', '-')}"
+            p.add_argument(flag, dest=f.name, action="store_const", const=not default, default=None, help=doc)
+            continue
+        shown = cli.get("shown", ",".join(map(str, default)) if isinstance(default, tuple) else default)
+        help_text = doc + (f" (default {shown})" if shown not in (None, "", ()) else "")
+        choices = cli.get("choices")
+        if choices is not None:
+            choices = (["none"] if default is None and "none" not in choices else []) + list(choices)
+        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=None if choices else _option_type(f),
+                       choices=choices, default=None, metavar=cli.get("metavar"), help=help_text)
+
+
+def _given_settings(args, recipe_cls) -> dict:
+    """The options of :func:`_add_settings` that were given (``none`` of a choice = None = the default)."""
+    import dataclasses
+
+    given = {}
+    for f in dataclasses.fields(recipe_cls):
+        value, choices = getattr(args, f.name, None), f.metadata.get("cli", {}).get("choices")
+        if value is None or (value == "none" and f.default is None and choices and "none" not in choices):
+            continue  # not given, or the "none" _add_settings offers for a choice whose default is None
+        given[f.name] = value
+    return given
+
+
 def _add_train_ldm(sub) -> None:
     from ldm_lite.experiments import LDMRecipe
 
-    d = LDMRecipe()
     p = sub.add_parser("train-ldm", help="train a latent (or pixel-space) diffusion model (chapters 04, 06)")
-    p.add_argument("--data", default=d.data, help="openmoji | shapes | fashion | photos | a mixture such as "
-                                                  "shapes+fashion@32 | an image folder")
-    p.add_argument("--size", type=_positive_int, default=d.size)
-    p.add_argument("--first-stage", default=d.first_stage,
-                   help="auto | pixel | a shipped autoencoder's name | a checkpoint path")
-    p.add_argument("--train-images", type=_positive_int, default=d.train_images,
-                   help="number of training images (default: all; shapes: 50,000)")
-    p.add_argument("--captions", default=None, metavar="FILE",
-                   help="--cond text / text-frozen on an image folder: its captions, a .jsonl file with a line "
-                        '{"file": "relative/path.png", "caption": "..."} per image, or a .csv with the header '
-                        "file,caption")
-    p.add_argument("--cond", choices=["none", "class", "class-adm", "text", "text-frozen", "layout"], default="none",
-                   help="class: labels via a ClassEmbedder into cross-attention; class-adm: labels added to the time "
-                        "embedding; text: captions via a transformer trained with the UNet; text-frozen: captions via "
-                        "a frozen encoder (--text-encoder); layout: boxes + classes (shapes)")
-    p.add_argument("--task", choices=["none", "sr", "inpaint", "semantic"], default="none",
-                   help="spatial conditioning concatenated with z_t (chapter 07): sr = super-resolution from a "
-                        "--sr-factor smaller image; inpaint = masked image + hole mask; semantic = segmentation map "
-                        "(shapes)")
-    p.add_argument("--sr-factor", type=_power_of_two, default=None,
-                   help=f"--task sr: downsampling factor of the input, a power of two (default {d.sr_factor})")
-    p.add_argument("--degradation", choices=["bicubic", "bsr"], default=None,
-                   help="--task sr: bicubic (the paper's x4 ImageNet setting, the default) or bsr (blur + noise + "
-                        "JPEG)")
-    p.add_argument("--mask-fraction", type=_finite_float(0, 0.95, low_open=True, high_open=True), default=None,
-                   help=f"--task inpaint: share of hole pixels in the training masks, in (0, 0.95) "
-                        f"(default {d.mask_fraction:g})")
-    p.add_argument("--cond-dim", type=_positive_int, default=None,
-                   help=f"--cond class / text / layout: width of the trained cond stage (default {d.cond_dim})")
-    p.add_argument("--cond-depth", type=_positive_int, default=None,
-                   help=f"--cond text / layout: transformer blocks of the trained cond stage (default {d.cond_depth})")
-    p.add_argument("--text-encoder", default=None,
-                   help="--cond text-frozen: minilm (offline, the default) | openai/clip-vit-large-patch14 (if "
-                        "cached) | a folder")
-    p.add_argument("--init-from", default=None,
-                   help="start the UNet from this exported LDM where shapes match (fine-tune, e.g. ldm_openmoji64)")
-    p.add_argument("--holdout", default="", help="--data shapes (or a mixture with shapes): 'colour shape' pairs "
-                                                 "never trained on, e.g. 'purple triangle,green cross'")
-    p.add_argument("--model-channels", type=_positive_int, default=d.model_channels)
-    p.add_argument("--channel-mult", type=_tuple, default=d.channel_mult, help="e.g. 1,2,2")
-    p.add_argument("--num-res-blocks", type=_positive_int, default=d.num_res_blocks)
-    p.add_argument("--attention-resolutions", type=_tuple, default=d.attention_resolutions,
-                   help="downsampling rates with attention, e.g. 2,4")
-    p.add_argument("--num-head-channels", type=int, default=d.num_head_channels)
-    p.add_argument("--norm-num-groups", type=_positive_int, default=d.norm_num_groups,
-                   help="GroupNorm groups (must divide every level's channels)")
-    p.add_argument("--coord-channels", action="store_true",
-                   help="give the UNet two coordinate input channels (x, y in [-1, 1]); helps layout models place "
-                        "objects (chapter 06)")
-    p.add_argument("--parameterization", choices=["eps", "x0", "v"], default=d.parameterization)
-    p.add_argument("--weighting", choices=["none", "min_snr"], default="none")
-    p.add_argument("--no-scale-by-std", action="store_true", help="keep scale_factor (default: estimate 1/std)")
-    p.add_argument("--scale-factor", type=_finite_float(0, low_open=True), default=d.scale_factor)
-    p.add_argument("--cond-drop-prob", type=_finite_float(0, 1, high_open=True), default=None,
-                   help=f"with --cond: share of training examples whose condition is dropped for classifier-free "
-                        f"guidance (default {d.cond_drop_prob:g})")
-    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
-    p.add_argument("--steps", type=_positive_int, default=d.steps)
-    p.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
-    p.add_argument("--lr", type=_finite_float(0, low_open=True), default=d.lr)
-    p.add_argument("--lr-warmup-steps", type=_int_at_least(0), default=d.lr_warmup_steps)
-    p.add_argument("--ema-decay", type=_finite_float(0, 1, high_open=True), default=d.ema_decay,
-                   help="0 turns the EMA off")
+    _add_settings(p, LDMRecipe)  # every recipe setting: the data, the model's config parts, the training's
     p.add_argument("--no-cache", action="store_true", help="encode every batch instead of caching latents once")
-    _add_run_args(p, d.seed)
+    _add_run_args(p, None)
 
 
 def _run_train_ldm(args) -> dict:
-    import torch
-
     from pathlib import Path
 
     from ldm_lite.experiments import DATASETS, LDMRecipe, check_checkpoint, check_dataset, train_ldm
 
+    given = _given_settings(args, LDMRecipe)
     d = LDMRecipe()
-    holdout = tuple(h.strip() for h in args.holdout.split(",") if h.strip())
-    parts = [part.partition("@")[0] for part in args.data.split("+")] if "+" in args.data else [args.data]
+    data, cond, task = given.get("data", d.data), given.get("cond"), given.get("task")
+    first_stage = given.get("first_stage", d.first_stage)
+    parts = [part.partition("@")[0] for part in data.split("+")] if "+" in data else [data]
     texts = ("text", "text-frozen")
     # options the chosen task / conditioning / data would not use are refused (not recorded as if they had acted)
-    unused = [("--sr-factor", args.sr_factor, args.task != "sr", "is used only with --task sr"),
-              ("--degradation", args.degradation, args.task != "sr", "is used only with --task sr"),
-              ("--mask-fraction", args.mask_fraction, args.task != "inpaint", "is used only with --task inpaint"),
-              ("--text-encoder", args.text_encoder, args.cond != "text-frozen",
+    unused = [("--sr-factor", task != "sr", "is used only with --task sr"),
+              ("--degradation", task != "sr", "is used only with --task sr"),
+              ("--mask-fraction", task != "inpaint", "is used only with --task inpaint"),
+              ("--text-encoder", cond != "text-frozen",
                "is used only with --cond text-frozen (the encoder of --cond text is trained: --cond-dim, "
                "--cond-depth)"),
-              ("--cond-dim", args.cond_dim, args.cond not in ("class", "text", "layout"),
+              ("--cond-dim", cond not in ("class", "text", "layout"),
                "is the width of a trained cond stage: used only with --cond class, text or layout"),
-              ("--cond-depth", args.cond_depth, args.cond not in ("text", "layout"),
+              ("--cond-depth", cond not in ("text", "layout"),
                "is the depth of a trained cond stage: used only with --cond text or layout"),
-              ("--cond-drop-prob", args.cond_drop_prob, args.cond == "none",
+              ("--cond-drop-prob", cond is None,
                "drops the condition for classifier-free guidance: used only with --cond"),
-              ("--holdout", holdout or None, "shapes" not in parts,
+              ("--holdout", "shapes" not in parts,
                f"keeps (colour, shape) pairs out of shapes images: used only with --data shapes or a mixture with "
-               f"a shapes part (e.g. shapes+fashion); {args.data} has no such labels"),
-              ("--captions", args.captions, args.cond not in texts,
-               "is read for --cond text or text-frozen only")]
-    for option, value, idle, why in unused:
-        if value is not None and idle:
+               f"a shapes part (e.g. shapes+fashion); {data} has no such labels"),
+              ("--captions", cond not in texts, "is read for --cond text or text-frozen only")]
+    for option, idle, why in unused:
+        if given.get(option[2:].replace("-", "_")) not in (None, ()) and idle:
             raise SystemExit(f"{option} {why}")
-    check_dataset(args.data)
-    folder = "+" not in args.data and args.data not in DATASETS
-    if args.captions is not None and not folder:
-        raise SystemExit(f"--captions is for an image-folder --data; {args.data} brings its own captions")
-    if args.cond in texts and "+" in args.data:
-        raise SystemExit(f"--cond {args.cond} trains on captions, and a mixture ({args.data}) keeps only the images "
+    check_dataset(data)
+    folder = "+" not in data and data not in DATASETS
+    captions = given.get("captions")
+    if captions is not None and not folder:
+        raise SystemExit(f"--captions is for an image-folder --data; {data} brings its own captions")
+    if cond in texts and "+" in data:
+        raise SystemExit(f"--cond {cond} trains on captions, and a mixture ({data}) keeps only the images "
                          "of its parts; train on one dataset")
-    if args.cond in texts and folder and args.captions is None:
-        raise SystemExit(f"--cond {args.cond} trains on captions, and the image folder {args.data} has none: pass "
+    if cond in texts and folder and captions is None:
+        raise SystemExit(f"--cond {cond} trains on captions, and the image folder {data} has none: pass "
                          "--captions FILE, a .jsonl file with a line {\"file\": \"relative/path.png\", \"caption\": "
                          "\"...\"} per image (paths relative to the folder) or a .csv file with the header row "
                          "file,caption")
-    if args.captions is not None and not Path(args.captions).is_file():
-        raise SystemExit(f"--captions {args.captions}: no such file")
-    if args.first_stage not in ("auto", "pixel"):
-        check_checkpoint(args.first_stage, "autoencoder", f"--first-stage {args.first_stage}")
-    if args.init_from:
-        check_checkpoint(args.init_from, "ldm", f"--init-from {args.init_from}")
+    if captions is not None and not Path(captions).is_file():
+        raise SystemExit(f"--captions {captions}: no such file")
+    if first_stage not in ("auto", "pixel"):
+        check_checkpoint(first_stage, "autoencoder", f"--first-stage {first_stage}")
+    if given.get("init_from"):
+        check_checkpoint(given["init_from"], "ldm", f"--init-from {given['init_from']}")
     _set_threads(args)
-    pick = lambda value, default: default if value is None else value  # noqa: E731 -- an option left out
-    recipe = LDMRecipe(
-        data=args.data, size=args.size, first_stage=args.first_stage, train_images=args.train_images,
-        cond=None if args.cond == "none" else args.cond, model_channels=args.model_channels,
-        channel_mult=args.channel_mult, num_res_blocks=args.num_res_blocks,
-        attention_resolutions=args.attention_resolutions, num_head_channels=args.num_head_channels,
-        norm_num_groups=args.norm_num_groups, coord_channels=args.coord_channels, parameterization=args.parameterization, weighting=None if args.weighting == "none" else args.weighting,
-        scale_by_std=not args.no_scale_by_std, scale_factor=args.scale_factor,
-        cond_drop_prob=pick(args.cond_drop_prob, d.cond_drop_prob), cond_dim=pick(args.cond_dim, d.cond_dim),
-        cond_depth=pick(args.cond_depth, d.cond_depth), text_encoder=pick(args.text_encoder, d.text_encoder),
-        holdout=holdout, captions=args.captions, init_from=args.init_from,
-        task=None if args.task == "none" else args.task, sr_factor=pick(args.sr_factor, d.sr_factor),
-        degradation=pick(args.degradation, d.degradation), mask_fraction=pick(args.mask_fraction, d.mask_fraction),
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, lr_warmup_steps=args.lr_warmup_steps,
-        lr_schedule=args.lr_schedule, ema_decay=args.ema_decay or None, seed=args.seed,
-    )
+    recipe = LDMRecipe(**given)
     result = train_ldm(recipe, out_dir=args.out, ckpt_every=args.ckpt_every, resume=args.resume, export=args.export,
                        cache_latents=not args.no_cache, force=args.force,
                        command="ldm-lite " + " ".join(shlex.quote(a) for a in getattr(args, "argv", sys.argv[1:])))
@@ -405,16 +348,26 @@ def _manifest_of(model: str, kind: str | None = None) -> dict:
     return manifest
 
 
+def _ldm_config(manifest: dict):
+    """The LDMConfig an LDM manifest describes, read before the model is loaded (None if it describes none)."""
+    from ldm_lite.pretrained import ldm_config_of
+
+    try:
+        return ldm_config_of(manifest)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def _sample_task(manifest: dict) -> str | None:
     """What an LDM's condition is, read from its manifest: None (unconditional / label / prompt / layout) or the
     spatial task whose condition is concatenated with z_t ("sr", "inpaint", "semantic", or "concat" otherwise)."""
-    ldm_cfg = manifest.get("ldm") or {}
-    if ldm_cfg.get("conditioning_key") not in ("concat", "hybrid"):
+    cfg = _ldm_config(manifest)
+    if cfg is None or cfg.conditioning.conditioning_key not in ("concat", "hybrid"):
         return None
     task = (manifest.get("recipe") or {}).get("task")
     if task in ("sr", "inpaint", "semantic"):
         return task
-    cond_key = ldm_cfg.get("cond_key")
+    cond_key = cfg.conditioning.cond_key
     if cond_key == "lr_image":
         return "sr"
     if isinstance(cond_key, (list, tuple)) and "hole_mask" in cond_key:
@@ -424,23 +377,31 @@ def _sample_task(manifest: dict) -> str | None:
 
 def _sample_num_classes(manifest: dict) -> int | None:
     """The number of real classes of a class-conditional LDM (labels 0 .. n - 1), from its manifest."""
-    ldm_cfg = manifest.get("ldm") or {}
-    if isinstance(ldm_cfg.get("num_classes"), int):
-        return ldm_cfg["num_classes"]
-    cfg = (manifest.get("cond_stage") or {}).get("config") or {}
-    if cfg.get("type") == "class" and isinstance(cfg.get("num_classes"), int):
-        return cfg["num_classes"]
-    n = (manifest.get("unet_config") or {}).get("num_classes")
+    cfg = _ldm_config(manifest)
+    if cfg is None:
+        return None
+    stage = cfg.conditioning.cond_stage or {}
+    if stage.get("type") == "class" and isinstance(stage.get("num_classes"), int):
+        return stage["num_classes"]
+    n = cfg.unet.num_classes if cfg.unet is not None else None
     if isinstance(n, int):
-        null = ldm_cfg.get("unconditional_value")
+        null = cfg.conditioning.unconditional_value
         return n - 1 if isinstance(null, int) and not isinstance(null, bool) else n
     return None
 
 
 def _sample_downsampling(manifest: dict) -> int:
     """How many times the LDM's UNet halves its input: latent sides must be multiples of this."""
-    mult = (manifest.get("unet_config") or {}).get("channel_mult") or [1]
+    cfg = _ldm_config(manifest)
+    mult = cfg.unet.channel_mult if cfg is not None and cfg.unet is not None else [1]
     return 2 ** (len(mult) - 1)
+
+
+def _timesteps(manifest: dict) -> int:
+    """T, the number of noise levels of an LDM, from its manifest."""
+    cfg = _ldm_config(manifest)
+    sched = cfg.schedule if cfg is not None else None
+    return (len(sched.betas) if sched.betas is not None else int(sched.timesteps)) if sched is not None else 1000
 
 
 def _check_sample_steps(args, manifest: dict) -> None:
@@ -449,7 +410,7 @@ def _check_sample_steps(args, manifest: dict) -> None:
 
     from ldm_lite.diffusion.samplers import SAMPLERS, max_steps
 
-    T = int((manifest.get("schedule") or {}).get("n_timestep") or 1000)
+    T = _timesteps(manifest)
     offset = inspect.signature(SAMPLERS[args.sampler]).parameters["steps_offset"].default
     most = max_steps(T, args.timestep_spacing, offset)
     if args.steps <= most:
@@ -473,7 +434,7 @@ def _check_steps_of(args, manifest: dict) -> None:
 
     from ldm_lite.diffusion.samplers import SAMPLERS, max_steps
 
-    T = int((manifest.get("schedule") or {}).get("n_timestep") or 1000)
+    T = _timesteps(manifest)
     most = max_steps(T, "uniform", inspect.signature(SAMPLERS["ddim"]).parameters["steps_offset"].default)
     if args.steps > most:
         raise SystemExit(f"--steps {args.steps}: {args.command} samples with DDIM, which visits at most {most} of the "
@@ -542,15 +503,15 @@ def _read_map(path: str, manifest: dict, model: str):
     import torch
     from PIL import Image
 
-    cfg = (manifest.get("cond_stage") or {}).get("config") or {}
-    n = int(cfg.get("num_classes") or 2)
+    cfg = _ldm_config(manifest)
+    n = int(((cfg.conditioning.cond_stage if cfg is not None else None) or {}).get("num_classes") or 2)
     legend = ""
     if (manifest.get("recipe") or {}).get("data") == "shapes":
         from ldm_lite.data.shapes import SHAPES
 
         if n == 1 + len(SHAPES):
             legend = " (" + ", ".join(f"{i} = {name}" for i, name in enumerate(("background",) + tuple(SHAPES))) + ")"
-    size = int((manifest.get("ldm") or {}).get("image_size") or 64)
+    size = int(cfg.image_size[0]) if cfg is not None and cfg.image_size else 64
     step = int(manifest.get("first_stage_f") or 1) * _sample_downsampling(manifest)
     fmt = (f"a map is a greyscale or palette PNG whose pixel values are the class indices 0..{n - 1}{legend}, "
            f"{size}×{size} px (or larger, sides a multiple of {step})")
@@ -610,8 +571,8 @@ def _run_sample(args) -> dict:
         raise SystemExit(f"give one condition, not {' and '.join(given)}")
     layouts = _read_layouts(args.layout) if args.layout is not None else None
     manifest = _manifest_of(args.model, kind="ldm")
-    ldm_cfg = manifest.get("ldm") or {}
-    key, cond_key = ldm_cfg.get("conditioning_key"), ldm_cfg.get("cond_key")
+    cfg = _ldm_config(manifest)
+    key, cond_key = (cfg.conditioning.conditioning_key, cfg.conditioning.cond_key) if cfg is not None else (None, None)
     task = _sample_task(manifest)
     if task == "sr":
         raise SystemExit(f"{args.model} is a super-resolution model: it upscales an image you give it rather than "
@@ -662,7 +623,7 @@ def _run_sample(args) -> dict:
     if args.latent_size is not None:
         m = _sample_downsampling(manifest)
         if args.latent_size % m:
-            trained = (ldm_cfg.get("latent_size") or [None])[0]
+            trained = ((cfg.latent_size if cfg is not None else None) or [None])[0]
             near = sorted({max(m, args.latent_size // m * m), -(-args.latent_size // m) * m})
             raise SystemExit(f"--latent-size {args.latent_size}: {args.model}'s UNet needs a multiple of {m} (it was "
                              f"trained at {trained}); e.g. {' or '.join(map(str, near))}")
@@ -947,8 +908,7 @@ def _spatial_multiple(manifest: dict) -> tuple[int | None, int]:
     f = manifest.get("first_stage_f")
     if f is None and manifest.get("first_stage") in (None, "pixel"):
         f = 1
-    mult = (manifest.get("unet_config") or {}).get("channel_mult") or [1]
-    return (int(f) if f is not None else None), 2 ** (len(mult) - 1)
+    return (int(f) if f is not None else None), _sample_downsampling(manifest)
 
 
 def _add_upscale(sub) -> None:
@@ -1075,9 +1035,10 @@ def _run_inpaint(args) -> dict:
     manifest = _manifest_of(args.model, kind="ldm")
     _check_steps_of(args, manifest)
     trained = manifest.get("recipe", {}).get("task") == "inpaint"
-    key = manifest.get("ldm", {}).get("conditioning_key")
+    cfg = _ldm_config(manifest)
+    key = cfg.conditioning.conditioning_key if cfg is not None else None
     if not trained and key is not None:
-        raise SystemExit(f"{args.model} is conditioned on {manifest['ldm'].get('cond_key')!r}; use an inpainting model "
+        raise SystemExit(f"{args.model} is conditioned on {cfg.conditioning.cond_key!r}; use an inpainting model "
                          "(train-ldm --task inpaint) or an unconditional one (training-free blending)")
     if trained and args.repaint:
         raise SystemExit("--repaint is for training-free inpainting with an unconditional model; a trained "
@@ -1261,6 +1222,9 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_inpaint(sub)
     _add_train_evaluator(sub)
     _add_execute_notebook(sub)
+    from ldm_lite.convert.compvis import add_convert_compvis
+
+    add_convert_compvis(sub)
     p = sub.add_parser("set-first-stage",
                        help="make an exported LDM decode with a decoder-only fine-tune of its first stage (chapter 01)")
     p.add_argument("--model", required=True, help="the LDM: a name under data/pretrained/ or a path")
@@ -1291,6 +1255,10 @@ def _dispatch(args) -> None:
         _run_train_evaluator(args)
     elif args.command == "execute-notebook":
         _run_execute_notebook(args)
+    elif args.command == "convert-compvis":
+        from ldm_lite.convert.compvis import run_convert_compvis
+
+        run_convert_compvis(args)
     elif args.command == "set-first-stage":
         from ldm_lite.pretrained import set_first_stage
 

@@ -13,6 +13,7 @@ so a reader never edits code to move from a laptop to a GPU:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 
@@ -118,3 +119,47 @@ def threads_report() -> dict:
         "cuda": torch.cuda.is_available(),
         "cuda_devices": torch.cuda.device_count() if torch.cuda.is_available() else 0,
     }
+
+
+def setting(default, doc: str, **cli):
+    """A dataclass field of a config, with its one-line description and command-line hints.
+
+    ``doc`` is what ``--help`` prints for the option generated from the field. ``cli`` keys: ``type`` (a range
+    name the command line checks: ``"positive"``, ``"count"`` (>= 0), ``"non-negative"``, ``"probability"`` (in
+    [0, 1)), ``"list"`` (comma-separated)), ``choices`` and ``flag=False`` (no option: set by the code that builds
+    the model). A dataclass as ``default`` is a nested part (built fresh for every instance).
+    """
+    kw = dict(default_factory=default) if dataclasses.is_dataclass(default) else dict(default=default)
+    return dataclasses.field(metadata=dict(doc=doc, cli=cli), **kw)
+
+
+def recipe_dataclass(name: str, own: type, parts: dict[type, tuple[str, ...]], defaults: dict, doc: str) -> type:
+    """A flat recipe class: the fields of ``own`` (a dataclass with the recipe's own settings and checks) followed
+    by the fields of every config class in ``parts`` (``{config class: names left out}``; a name ``own`` already
+    has is left out too), with ``defaults`` in place of the parts' defaults.
+
+    A setting added to one of the parts is in every recipe built from it -- and in its command-line options, which
+    are generated from these fields -- without another line. Each field's metadata names the part it comes from
+    (``part``), so a recipe can hand every part its own values back.
+    """
+    have = {f.name for f in dataclasses.fields(own)}
+    fields = []
+    for cls, left_out in parts.items():
+        for f in dataclasses.fields(cls):
+            if f.name in have or f.name in left_out:
+                continue
+            if f.name in defaults:
+                default = defaults[f.name]
+            elif f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                raise TypeError(f"{name}: the setting {cls.__name__}.{f.name} has no default; give one in defaults")
+            fields.append((f.name, f.type, dataclasses.field(default=default,
+                                                             metadata=dict(f.metadata, part=cls.__name__))))
+            have.add(f.name)
+    made = dataclasses.make_dataclass(name, fields, bases=(own,))
+    made.__doc__ = doc
+    made.__module__ = own.__module__
+    return made

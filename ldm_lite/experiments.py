@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import math
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from ldm_lite.autoencoder.losses import LPIPSWithDiscriminator, VQLPIPSWithDiscriminator
+from ldm_lite.autoencoder.losses import AELossConfig
 from ldm_lite.autoencoder.model import AutoencoderConfig, build_autoencoder
 from ldm_lite.autoencoder.training import AutoencoderModule, evaluate_reconstruction
+from ldm_lite.config import recipe_dataclass, setting
 from ldm_lite.conditioning import (
     ClassEmbedder, FrozenTextEncoder, InpaintConcat, LayoutEmbedder, SemanticEncoder, SpatialRescaler,
     TransformerEmbedder,
@@ -37,12 +39,16 @@ from ldm_lite.data.registry import (  # the dataset registry; its names stay imp
 )
 from ldm_lite.data.shapes import MAX_OBJECTS, SHAPES, make_caption
 from ldm_lite.data.spatial import DEGRADATIONS, TASKS, SpatialTaskDataset
-from ldm_lite.diffusion import NoiseSchedule
 from ldm_lite.io import check_writable_dir, sha256_file, shown_path
 from ldm_lite.ldm import LatentDiffusion
+from ldm_lite.ldm_config import (
+    ConditioningConfig, FirstStageConfig, LDMConfig, ObjectiveConfig, OptimizerConfig, ScheduleConfig,
+)
+from ldm_lite.ldm_config import plain_json as _jsonable
 from ldm_lite.pretrained import (
     PRETRAINED_DIR, ExistingExportError, check_export_target, first_stage_record, ldm_export_module,
-    list_pretrained, load_autoencoder, load_manifest, load_state_dict, resolve, save_pretrained,
+    ldm_manifest, list_pretrained, load_autoencoder, load_manifest, load_state_dict, resolve,
+    save_pretrained,
 )
 from ldm_lite.progress import write
 from ldm_lite.train import TrainConfig, Trainer
@@ -222,57 +228,63 @@ def _save_export(model, target: Path, manifest: dict, force: bool, **kw) -> Path
 
 
 @dataclass
-class AERecipe:
-    """Hyper-parameters of a first-stage run (model, loss, optimisation). Defaults: small, CPU-friendly."""
+class _AERecipeOwn:
+    """The settings a first-stage recipe adds to the autoencoder's, its loss's and the training's."""
 
-    data: str = "openmoji"
-    size: int = 64
-    f: int = 4
-    reg: str = "kl"
-    ch: int = 32
-    ch_mult: tuple[int, ...] | None = None
-    num_res_blocks: int = 2
-    z_channels: int = 4
-    n_embed: int = 256
-    use_mid_attn: bool = True
-    steps: int = 2000
-    batch_size: int = 16
-    lr: float = 4e-4
-    kl_weight: float = 1e-6
-    perceptual_weight: float = 1.0
-    perceptual: str = "auto"
-    disc_start: int = 10**9  # GAN off unless asked for
-    disc_weight: float = 0.5
-    codebook_weight: float = 1.0
-    ema_decay: float | None = None
-    seed: int = 0
-    eval_images: int = 256
-    crop: int | None = None  # train on random crops of this size (evaluation always uses whole images)
-    lr_schedule: str = "constant"  # or "cosine" (to 0.1 x lr at the last step)
-    init_from: str | None = None  # a shipped / exported autoencoder whose weights start this run (same config)
-    train_part: str = "all"  # "all", or "decoder": encoder (and quantiser) frozen, the latent space is kept
+    data: str = setting("openmoji", "openmoji | shapes | fashion | photos | a mixture such as shapes+fashion@32 | "
+                                    "an image folder")
+    size: int = setting(64, "image size (side, px)")
+    steps: int = setting(2000, "optimisation steps")
+    lr: float = setting(4e-4, "learning rate (Adam)", type="positive")
+    eval_images: int = setting(256, "held-out images of the final PSNR / SSIM")
+    crop: int | None = setting(None, "train on random crops of this size (faster; evaluation uses whole images)")
+    init_from: str | None = setting(None, "start from this exported autoencoder's weights (same architecture), e.g. "
+                                          "ae_kl_f4_openmoji64")
+    train_part: str = setting("all", "decoder: freeze encoder and quantiser so the latents (and the LDMs trained on "
+                                     "them) are kept", choices=("all", "decoder"))
 
     def __post_init__(self):
+        if self.ch_mult is not None:
+            self.ch_mult = tuple(self.ch_mult)
+        if self.ema_decay == 0:
+            self.ema_decay = None  # 0 turns the EMA off
         if self.train_part not in ("all", "decoder"):
             raise ValueError(f"train_part must be 'all' or 'decoder', got {self.train_part!r}")
         if self.train_part == "decoder" and not self.init_from:
             raise ValueError("train_part='decoder' fine-tunes the decoder of an existing autoencoder: pass init_from "
                              "(--init-from NAME) too; a fresh encoder would stay random")
 
+    def settings_of(self, part: str) -> dict:
+        """The recipe's fields that come from the config class named ``part``, by name."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("part") == part}
+
     def autoencoder_config(self) -> AutoencoderConfig:
-        return AutoencoderConfig(f=self.f, ch=self.ch, ch_mult=self.ch_mult, num_res_blocks=self.num_res_blocks,
-                                 z_channels=self.z_channels, reg=self.reg, n_embed=self.n_embed,
-                                 use_mid_attn=self.use_mid_attn,
+        return AutoencoderConfig(**self.settings_of("AutoencoderConfig"),
                                  dead_code_threshold=0.01 if self.reg == "vq" else 0.0)
+
+    def loss_config(self) -> AELossConfig:
+        return AELossConfig(**self.settings_of("AELossConfig"))
+
+    def train_config(self, out_dir: str | None = None, ckpt_every: int | None = None,
+                     progress: bool = True) -> TrainConfig:
+        return TrainConfig(max_steps=self.steps, out_dir=out_dir, ckpt_every=ckpt_every, progress=progress,
+                           find_unused_parameters=self.disc_start < self.steps, **self.settings_of("TrainConfig"))
+
+
+AERecipe = recipe_dataclass(
+    "AERecipe", _AERecipeOwn,
+    parts={AutoencoderConfig: ("embed_dim", "in_channels", "beta", "dead_code_threshold"), AELossConfig: (),
+           TrainConfig: ("max_steps", "out_dir", "ckpt_every", "progress", "device", "ddp", "find_unused_parameters")},
+    defaults=dict(ch=32, z_channels=4, n_embed=256, batch_size=16),
+    doc="""Hyper-parameters of a first-stage run: the data (``data`` ... ``train_part``), then the settings of
+    :class:`~ldm_lite.autoencoder.AutoencoderConfig` (the architecture), :class:`~ldm_lite.autoencoder.losses.AELossConfig`
+    (the loss) and :class:`~ldm_lite.train.TrainConfig` (``steps`` is its ``max_steps``), each described where it is
+    defined. Defaults: small, CPU-friendly.""")
 
 
 def make_ae_loss(recipe: AERecipe, perceptual=None):
     """The first-stage loss of a recipe (``perceptual`` may pass a shared PerceptualLoss object)."""
-    common = dict(disc_start=recipe.disc_start, disc_weight=recipe.disc_weight,
-                  perceptual_weight=recipe.perceptual_weight, perceptual=perceptual or recipe.perceptual)
-    if recipe.reg == "vq":
-        return VQLPIPSWithDiscriminator(codebook_weight=recipe.codebook_weight, **common)
-    return LPIPSWithDiscriminator(kl_weight=recipe.kl_weight, **common)
+    return recipe.loss_config().build(recipe.reg, perceptual)
 
 
 def _eval_callback(autoencoder, images: torch.Tensor, every: int):
@@ -325,9 +337,7 @@ def _train_autoencoder(recipe, out_dir, ckpt_every, resume, progress, export, pe
     init_report = init_autoencoder_from(autoencoder, recipe) if recipe.init_from else None
     loss = make_ae_loss(recipe, perceptual)
     module = AutoencoderModule(autoencoder, loss, lr=recipe.lr)
-    cfg = TrainConfig(max_steps=recipe.steps, batch_size=recipe.batch_size, seed=recipe.seed,
-                      ema_decay=recipe.ema_decay, out_dir=out_dir, ckpt_every=ckpt_every, progress=progress,
-                      find_unused_parameters=recipe.disc_start < recipe.steps, lr_schedule=recipe.lr_schedule)
+    cfg = recipe.train_config(out_dir=out_dir, ckpt_every=ckpt_every, progress=progress)
     callbacks = list(callbacks)
     if eval_every:
         callbacks.append(_eval_callback(autoencoder, test_images[:64], eval_every))
@@ -404,8 +414,140 @@ CONDS = (None, "class", "class-adm", "text", "text-frozen", "layout")
 
 
 @dataclass
-class LDMRecipe:
-    """Hyper-parameters of a latent (or pixel-space) diffusion run. Defaults: small, CPU-friendly.
+class _LDMRecipeOwn:
+    """The settings a latent diffusion recipe adds to the model's and the training's: data, conditioning presets
+    and evaluation."""
+
+    data: str = setting("shapes", "openmoji | shapes | fashion | photos | a mixture such as shapes+fashion@32 | an "
+                                  "image folder")
+    size: int = setting(64, "image size (side, px)")
+    first_stage: str = setting("auto", "auto | pixel | a shipped autoencoder's name | a checkpoint path")
+    train_images: int | None = setting(None, "number of training images (default: all; shapes: 50,000)")
+    cond: str | None = setting(None, "class: labels via a ClassEmbedder into cross-attention; class-adm: labels added "
+                                     "to the time embedding; text: captions via a transformer trained with the UNet; "
+                                     "text-frozen: captions via a frozen encoder (--text-encoder); layout: boxes + "
+                                     "classes (shapes)", choices=CONDS[1:])
+    num_classes: int | None = setting(None, "cond class: number of classes (default: the dataset's)", flag=False)
+    context_dim: int | None = setting(None, "width of a custom cond stage's output", flag=False)
+    cond_dim: int = setting(128, "--cond class / text / layout: width of the trained cond stage")
+    cond_depth: int = setting(2, "--cond text / layout: transformer blocks of the trained cond stage")
+    text_encoder: str = setting("minilm", "--cond text-frozen: minilm (offline, the default) | "
+                                          "openai/clip-vit-large-patch14 (if cached) | a folder")
+    max_length: int = setting(32, "tokens per caption")
+    holdout: tuple[str, ...] = setting((), "--data shapes (or a mixture with shapes): 'colour shape' pairs never "
+                                           "trained on, e.g. 'purple triangle,green cross'", type="list")
+    captions: str | None = setting(None, "--cond text / text-frozen on an image folder: its captions, a .jsonl file "
+                                         'with a line {"file": "relative/path.png", "caption": "..."} per image, or a '
+                                         ".csv with the header file,caption", metavar="FILE")
+    init_from: str | None = setting(None, "start the UNet from this exported LDM where shapes match (fine-tune, e.g. "
+                                          "ldm_openmoji64)")
+    task: str | None = setting(None, "spatial conditioning concatenated with z_t (chapter 07): sr = super-resolution "
+                                     "from a --sr-factor smaller image; inpaint = masked image + hole mask; semantic = "
+                                     "segmentation map (shapes)", choices=TASKS)
+    sr_factor: int = setting(4, "--task sr: downsampling factor of the input, a power of two", type="power2")
+    degradation: str = setting("bicubic", "--task sr: bicubic (the paper's x4 ImageNet setting) or bsr (blur + noise "
+                                          "+ JPEG)", choices=DEGRADATIONS)
+    mask_fraction: float = setting(0.3, "--task inpaint: share of hole pixels in the training masks, in (0, 0.95)",
+                                   type="float", low=0, high=0.95, open=True)
+    steps: int = setting(3000, "optimisation steps")
+    eval_images: int = setting(64, "held-out images of the final val_loss")
+
+    def __post_init__(self):
+        self.channel_mult = tuple(self.channel_mult)
+        self.attention_resolutions = tuple(self.attention_resolutions)
+        self.holdout = tuple(self.holdout)
+        if self.weighting == "none":
+            self.weighting = None
+        if self.ema_decay == 0:
+            self.ema_decay = None  # 0 turns the EMA off
+        if self.cond not in CONDS:
+            raise ValueError(
+                f"LDMRecipe.cond must be one of {CONDS}, got {self.cond!r}; for spatial conditions (concat) "
+                "pass cond_stage=... to train_ldm and set conditioning_key / cond_key"
+            )
+        if self.task is not None:
+            if self.task not in TASKS:
+                raise ValueError(f"LDMRecipe.task must be one of {TASKS} (or None), got {self.task!r}")
+            if self.cond is not None:
+                raise ValueError(f"task={self.task!r} conditions on a spatial map by concatenation; it cannot be "
+                                 f"combined with cond={self.cond!r} here (leave cond=None)")
+            if self.task == "semantic" and self.data != "shapes":
+                raise ValueError(f"task='semantic' needs segmentation maps: use data='shapes' (got {self.data!r})")
+            if self.degradation not in DEGRADATIONS:
+                raise ValueError(f"degradation must be one of {DEGRADATIONS}, got {self.degradation!r}")
+            if self.sr_factor < 1 or self.sr_factor & (self.sr_factor - 1):
+                raise ValueError(f"sr_factor must be a power of two (4 for the paper's ×4 SR), got {self.sr_factor}")
+        if self.cond == "layout" and self.data != "shapes":
+            raise ValueError(f"cond='layout' needs boxes with classes: use data='shapes' (got {self.data!r})")
+        if not (isinstance(self.cond_drop_prob, (int, float)) and math.isfinite(self.cond_drop_prob)
+                and 0 <= self.cond_drop_prob < 1):
+            raise ValueError(f"LDMRecipe.cond_drop_prob must be in [0, 1) -- the share of training examples whose "
+                             f"condition is dropped for classifier-free guidance (the paper: 0.1) -- got "
+                             f"{self.cond_drop_prob!r}")
+        for name in ("steps", "batch_size", "size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"LDMRecipe.{name} must be a positive int, got {value!r}")
+        if self.train_images is not None and (not isinstance(self.train_images, int) or self.train_images < 1):
+            raise ValueError(f"LDMRecipe.train_images must be at least 1 (None = the whole dataset, 50,000 for "
+                             f"shapes), got {self.train_images!r}")
+        if self.task == "inpaint" and not (isinstance(self.mask_fraction, (int, float))
+                                           and 0 < self.mask_fraction < 0.95):
+            raise ValueError(f"LDMRecipe.mask_fraction (the share of hole pixels in the training masks) must lie "
+                             f"in (0, 0.95), got {self.mask_fraction!r}")
+        parse_holdout(self.holdout)  # 'colour shape' pairs, checked now rather than when the data are loaded
+        if self.holdout and not _has_shapes(self.data):
+            raise ValueError(f"LDMRecipe.holdout keeps (colour, shape) pairs out of shapes images: use data='shapes' "
+                             f"or a mixture with a shapes part (e.g. 'shapes+fashion'); {self.data!r} has no such "
+                             "labels")
+        if self.captions is not None and self.cond not in ("text", "text-frozen"):
+            raise ValueError(f"LDMRecipe.captions are read for cond='text' or 'text-frozen' only (cond={self.cond!r})")
+        try:  # every part checks its own values now, not when the model is built after the data are loaded
+            self.part("ScheduleConfig"), self.part("ObjectiveConfig"), self.part("OptimizerConfig")
+            self.train_config()
+        except ValueError as err:
+            raise ValueError(f"LDMRecipe: {err}") from None
+
+    def part(self, name: str) -> object:
+        """The recipe's values for one config part (``"ScheduleConfig"``, ``"ObjectiveConfig"`` ...), built."""
+        return _RECIPE_PARTS[name](**self.settings_of(name))
+
+    def settings_of(self, part: str) -> dict:
+        """The recipe's fields that come from the config class named ``part``, by name."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("part") == part}
+
+    def unet_config(self, in_channels: int, out_channels: int, num_classes: int | None = None,
+                    context_dim: int | None = None) -> UNetConfig:
+        return UNetConfig(in_channels=in_channels, out_channels=out_channels, num_classes=num_classes,
+                          context_dim=context_dim, **self.settings_of("UNetConfig"))
+
+    def train_config(self, out_dir: str | None = None, ckpt_every: int | None = None,
+                     progress: bool = True) -> TrainConfig:
+        return TrainConfig(max_steps=self.steps, out_dir=out_dir, ckpt_every=ckpt_every, progress=progress,
+                           **self.settings_of("TrainConfig"))
+
+
+_RECIPE_PARTS = {cls.__name__: cls for cls in (UNetConfig, ScheduleConfig, ObjectiveConfig, OptimizerConfig,
+                                               FirstStageConfig, ConditioningConfig, LDMConfig, TrainConfig)}
+
+LDMRecipe = recipe_dataclass(
+    "LDMRecipe", _LDMRecipeOwn,
+    parts={UNetConfig: ("in_channels", "out_channels", "context_dim", "num_classes"),
+           ScheduleConfig: ("betas",), ObjectiveConfig: (), OptimizerConfig: (),
+           FirstStageConfig: ("name", "autoencoder", "latent_channels", "f"),
+           ConditioningConfig: ("cond_stage",),
+           LDMConfig: ("unet", "first_stage", "conditioning", "schedule", "objective", "optimizer", "image_size"),
+           TrainConfig: ("max_steps", "out_dir", "ckpt_every", "progress", "device", "ddp", "find_unused_parameters")},
+    defaults=dict(model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2, attention_resolutions=(2, 4),
+                  num_head_channels=32, scale_by_std=True, cond_drop_prob=0.1, lr=2e-4, batch_size=32,
+                  lr_warmup_steps=100, ema_decay=0.999),
+    doc="""Hyper-parameters of a latent (or pixel-space) diffusion run. Defaults: small, CPU-friendly.
+
+    A recipe is the data and conditioning choices of its own (``data`` ... ``eval_images``), followed by the
+    settings of the model's config parts -- :class:`~ldm_lite.unet.UNetConfig` (less the channels the data and the
+    conditioning fix), :class:`~ldm_lite.ldm_config.ScheduleConfig`, ``ObjectiveConfig``, ``OptimizerConfig``,
+    ``posterior``, ``ConditioningConfig``, ``scale_factor`` / ``scale_by_std`` / ``t_buckets`` -- and of
+    :class:`~ldm_lite.train.TrainConfig` (``steps`` is its ``max_steps``), each described where it is defined.
 
     ``first_stage``: a shipped / exported autoencoder (name or path), ``"pixel"`` (a pixel-space DM,
     same code) or ``"auto"`` (the shipped autoencoder trained on ``data`` at ``size``, KL f=4 preferred).
@@ -433,124 +575,7 @@ class LDMRecipe:
     ``{"file": "relative/path.png", "caption": "..."}`` or ``.csv`` with a header ``file,caption``).
     Other conditionings (concat ...) pass a ``cond_stage`` to :func:`train_ldm` and set ``conditioning_key`` /
     ``cond_key`` / ``context_dim`` / ``unconditional_value``.
-    The UNet fields are :class:`ldm_lite.unet.UNetModel`'s; the schedule is the LDM one.
-    """
-
-    data: str = "shapes"
-    size: int = 64
-    first_stage: str = "auto"
-    train_images: int | None = None
-    cond: str | None = None
-    num_classes: int | None = None  # cond="class": default from the dataset's class_names
-    conditioning_key: str | None = None  # with a cond_stage passed to train_ldm
-    cond_key: str | None = None
-    context_dim: int | None = None
-    unconditional_value: object = None
-    cond_stage_trainable: bool = True
-    model_channels: int = 64
-    channel_mult: tuple[int, ...] = (1, 2, 2)
-    num_res_blocks: int = 2
-    attention_resolutions: tuple[int, ...] = (2, 4)
-    num_head_channels: int = 32
-    transformer_depth: int = 1
-    use_scale_shift_norm: bool = False
-    dropout: float = 0.0
-    norm_num_groups: int = 32
-    coord_channels: bool = False
-    schedule: str = "linear"
-    timesteps: int = 1000
-    linear_start: float = 0.00085
-    linear_end: float = 0.012
-    parameterization: str = "eps"
-    weighting: str | None = None
-    scale_by_std: bool = True
-    scale_factor: float = 1.0
-    posterior: str = "mode"
-    cond_drop_prob: float = 0.1
-    cond_dim: int = 128
-    cond_depth: int = 2
-    text_encoder: str = "minilm"
-    max_length: int = 32
-    holdout: tuple[str, ...] = ()
-    captions: str | None = None  # data = an image folder with cond "text" / "text-frozen": its captions file
-    init_from: str | None = None  # a shipped / exported LDM whose UNet weights start this run (where shapes match)
-    task: str | None = None  # spatial conditioning (concat): "sr", "inpaint", "semantic"
-    sr_factor: int = 4
-    degradation: str = "bicubic"
-    mask_fraction: float = 0.3
-    steps: int = 3000
-    batch_size: int = 32
-    lr: float = 2e-4
-    lr_warmup_steps: int = 100
-    lr_schedule: str = "constant"  # or "cosine" (to 0.1 x lr at the last step)
-    ema_decay: float | None = 0.999
-    seed: int = 0
-    eval_images: int = 64
-
-    def __post_init__(self):
-        self.channel_mult = tuple(self.channel_mult)
-        self.attention_resolutions = tuple(self.attention_resolutions)
-        self.holdout = tuple(self.holdout)
-        if self.cond not in CONDS:
-            raise ValueError(
-                f"LDMRecipe.cond must be one of {CONDS}, got {self.cond!r}; for spatial conditions (concat) "
-                "pass cond_stage=... to train_ldm and set conditioning_key / cond_key"
-            )
-        if self.task is not None:
-            if self.task not in TASKS:
-                raise ValueError(f"LDMRecipe.task must be one of {TASKS} (or None), got {self.task!r}")
-            if self.cond is not None:
-                raise ValueError(f"task={self.task!r} conditions on a spatial map by concatenation; it cannot be "
-                                 f"combined with cond={self.cond!r} here (leave cond=None)")
-            if self.task == "semantic" and self.data != "shapes":
-                raise ValueError(f"task='semantic' needs segmentation maps: use data='shapes' (got {self.data!r})")
-            if self.degradation not in DEGRADATIONS:
-                raise ValueError(f"degradation must be one of {DEGRADATIONS}, got {self.degradation!r}")
-            if self.sr_factor < 1 or self.sr_factor & (self.sr_factor - 1):
-                raise ValueError(f"sr_factor must be a power of two (4 for the paper's ×4 SR), got {self.sr_factor}")
-        if self.cond == "layout" and self.data != "shapes":
-            raise ValueError(f"cond='layout' needs boxes with classes: use data='shapes' (got {self.data!r})")
-        import math
-
-        if not (isinstance(self.cond_drop_prob, (int, float)) and math.isfinite(self.cond_drop_prob)
-                and 0 <= self.cond_drop_prob < 1):
-            raise ValueError(f"LDMRecipe.cond_drop_prob must be in [0, 1) -- the share of training examples whose "
-                             f"condition is dropped for classifier-free guidance (the paper: 0.1) -- got "
-                             f"{self.cond_drop_prob!r}")
-        for name in ("steps", "batch_size", "size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"LDMRecipe.{name} must be a positive int, got {value!r}")
-        if self.train_images is not None and (not isinstance(self.train_images, int) or self.train_images < 1):
-            raise ValueError(f"LDMRecipe.train_images must be at least 1 (None = the whole dataset, 50,000 for "
-                             f"shapes), got {self.train_images!r}")
-        if self.task == "inpaint" and not (isinstance(self.mask_fraction, (int, float))
-                                           and 0 < self.mask_fraction < 0.95):
-            raise ValueError(f"LDMRecipe.mask_fraction (the share of hole pixels in the training masks) must lie "
-                             f"in (0, 0.95), got {self.mask_fraction!r}")
-        parse_holdout(self.holdout)  # 'colour shape' pairs, checked now rather than when the data are loaded
-        if self.holdout and not _has_shapes(self.data):
-            raise ValueError(f"LDMRecipe.holdout keeps (colour, shape) pairs out of shapes images: use data='shapes' "
-                             f"or a mixture with a shapes part (e.g. 'shapes+fashion'); {self.data!r} has no such "
-                             "labels")
-        if self.captions is not None and self.cond not in ("text", "text-frozen"):
-            raise ValueError(f"LDMRecipe.captions are read for cond='text' or 'text-frozen' only (cond={self.cond!r})")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"LDMRecipe.lr must be a finite number > 0 (e.g. 2e-4), got {self.lr!r}")
-
-    def schedule_config(self) -> dict:
-        return dict(schedule=self.schedule, n_timestep=self.timesteps, linear_start=self.linear_start,
-                    linear_end=self.linear_end)
-
-    def unet_config(self, in_channels: int, out_channels: int, num_classes: int | None = None,
-                    context_dim: int | None = None):
-        return UNetConfig(in_channels=in_channels, out_channels=out_channels, model_channels=self.model_channels,
-                          channel_mult=self.channel_mult, num_res_blocks=self.num_res_blocks,
-                          attention_resolutions=self.attention_resolutions, num_head_channels=self.num_head_channels,
-                          context_dim=context_dim, transformer_depth=self.transformer_depth,
-                          use_scale_shift_norm=self.use_scale_shift_norm, dropout=self.dropout,
-                          num_classes=num_classes, norm_num_groups=self.norm_num_groups,
-                          coord_channels=self.coord_channels)
+    """)
 
 
 def find_autoencoder(data: str, size: int) -> str:
@@ -630,8 +655,6 @@ def make_spatial_stage(recipe: LDMRecipe, first_stage=None):
     ============  ==========================================================================================
     Concatenated conditions are never dropped (no guidance), as in the paper's SR / inpainting / semantic models.
     """
-    import math
-
     f = int(first_stage.config.f) if first_stage is not None else 1
     latent_ch = first_stage.embed_dim if first_stage is not None else 3
     base = dict(conditioning_key="concat", unconditional_value=None)
@@ -695,14 +718,12 @@ def build_ldm(recipe: LDMRecipe, first_stage=None, cond_stage: torch.nn.Module |
     elif context_dim is None:
         raise ValueError(f"conditioning_key={kw['conditioning_key']!r} needs LDMRecipe.context_dim (the cond stage's width)")
     unet = UNetModel.from_config(recipe.unet_config(in_ch, latent_ch, unet_classes, context_dim))
-    schedule = NoiseSchedule.from_name(recipe.schedule, recipe.timesteps, linear_start=recipe.linear_start,
-                                       linear_end=recipe.linear_end)
     return LatentDiffusion(
-        ae, unet, cond_stage, schedule=schedule, parameterization=recipe.parameterization,
+        ae, unet, cond_stage, schedule=recipe.part("ScheduleConfig").build(),
+        **recipe.settings_of("ObjectiveConfig"), **recipe.settings_of("OptimizerConfig"), posterior=recipe.posterior,
         scale_factor=recipe.scale_factor, scale_by_std=recipe.scale_by_std and ae is not None,
-        posterior=recipe.posterior, lr=recipe.lr, weighting=recipe.weighting,
         cond_drop_prob=recipe.cond_drop_prob if kw["conditioning_key"] not in (None, "concat") else 0.0,
-        image_size=recipe.size, **kw,
+        image_size=recipe.size, t_buckets=recipe.t_buckets, **kw,
     )
 
 
@@ -782,7 +803,6 @@ def train_ldm(recipe: LDMRecipe, first_stage=None, out_dir: str | None = None, c
 def _train_ldm(recipe, first_stage, out_dir, ckpt_every, resume, progress, export, cache_latents, callbacks,
                command, cond_stage, force) -> dict:
     """:func:`train_ldm` after its checks, with the run lock held."""
-    from dataclasses import asdict
 
     from torch.utils.data import Subset
 
@@ -826,9 +846,7 @@ def _train_ldm(recipe, first_stage, out_dir, ckpt_every, resume, progress, expor
         t0 = time.perf_counter()
         data = model.encode_dataset(train_set, batch_size=64, progress=progress)
         encode_time = time.perf_counter() - t0
-    cfg = TrainConfig(max_steps=recipe.steps, batch_size=recipe.batch_size, seed=recipe.seed,
-                      ema_decay=recipe.ema_decay, out_dir=out_dir, ckpt_every=ckpt_every, progress=progress,
-                      lr_warmup_steps=recipe.lr_warmup_steps, lr_schedule=recipe.lr_schedule)
+    cfg = recipe.train_config(out_dir=out_dir, ckpt_every=ckpt_every, progress=progress)
     trainer = Trainer(model, data, cfg, callbacks=list(callbacks), recipe=_trainer_recipe(recipe),
                       command=_command(command))
     t0 = time.perf_counter()
@@ -865,21 +883,8 @@ def _train_ldm(recipe, first_stage, out_dir, ckpt_every, resume, progress, expor
                 fs_name = str(Path(fs_name).relative_to(export_base.parent.resolve()))
             except ValueError:
                 pass
-        cs = model.cond_stage
         manifest = dict(
-            kind="ldm", first_stage=fs_name, **fs_record,
-            unet_config={k: (list(v) if isinstance(v, tuple) else v)
-                         for k, v in asdict(model.unet.to_config()).items()},
-            ldm=dict(conditioning_key=model.conditioning_key, cond_key=model.cond_key,
-                     parameterization=model.parameterization, scale_factor=float(model.scale_factor),
-                     scale_by_std=recipe.scale_by_std, posterior=model.posterior, image_size=recipe.size,
-                     latent_size=list(model.latent_size) if model.latent_size else None,
-                     latent_channels=model.latent_channels, unconditional_value=_jsonable(model.unconditional_value),
-                     cond_drop_prob=model.cond_drop_prob, num_classes=num_classes),
-            cond_stage=None if cs is None else dict(
-                cls=f"{type(cs).__module__}.{type(cs).__qualname__}", trainable=model.cond_stage_trainable,
-                exported=model.cond_stage_trainable, config=cs.config() if hasattr(cs, "config") else None),
-            schedule=recipe.schedule_config(),
+            ldm_manifest(model, fs_name, fs_record),
             data=dict(name=recipe.data, size=recipe.size, train_images=len(train_set),
                       eval=f"diffusion loss on the first {recipe.eval_images} held-out images, fixed t and noise"),
             recipe={k: (list(v) if isinstance(v, tuple) else _jsonable(v)) for k, v in recipe.__dict__.items()},
@@ -947,16 +952,3 @@ def _training_vocabulary(train_set, max_length: int, limit: int = 5000) -> list[
     else:
         captions = [base[i]["caption"] for i in range(min(limit, len(base)))]
     return TransformerEmbedder.vocabulary_of(captions, max_length)
-
-
-def _jsonable(value):
-    """A recipe value for a JSON manifest (tensors -> lists; anything else unusual -> its repr)."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if torch.is_tensor(value):
-        return value.tolist()
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return repr(value)

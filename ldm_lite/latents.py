@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from ldm_lite.io import atomic_write
 from ldm_lite.progress import progress as tqdm
 
-__all__ = ["LatentDataset", "encode_dataset"]
+__all__ = ["LatentDataset", "encode_dataset", "latents_of_batch"]
 
 
 class LatentDataset(Dataset):
@@ -134,3 +134,21 @@ def encode_dataset(model, dataset, batch_size: int = 64, keys: Sequence[str] | N
             merged[k] = [v for p in parts for v in p]
     return LatentDataset(torch.cat(latents), merged, scale_factor=float(model.scale_factor),
                          info={"posterior": model.posterior, "f": model.f})
+
+
+def latents_of_batch(batch, encode, channels: int, device) -> torch.Tensor:
+    """The scaled latents of a training batch: ``batch["latent"]`` as it is (cached by :func:`encode_dataset`,
+    already scaled) or ``encode(batch["image"])``; a bare tensor is taken as images. Checked: ``(B, channels, h, w)``."""
+    if torch.is_tensor(batch):
+        batch = {"image": batch}
+    if not isinstance(batch, dict):
+        raise TypeError(f"a batch must be a dict with 'image' or 'latent', got {type(batch).__name__}")
+    if "latent" in batch:
+        z = batch["latent"].to(device).float()
+    elif "image" in batch:
+        z = encode(batch["image"].to(device))
+    else:
+        raise KeyError(f"the batch has neither 'image' nor 'latent' (keys: {sorted(batch)})")
+    if z.ndim != 4 or z.shape[1] != channels:
+        raise ValueError(f"expected latents of shape (B, {channels}, h, w), got {tuple(z.shape)}")
+    return z

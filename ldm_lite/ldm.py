@@ -28,36 +28,15 @@ The paper's model in one class, :class:`LatentDiffusion`, built from the parts o
                    (``unet(z_t, t, y=c)``; the ADM way, Dhariwal & Nichol 2021)
   ============== ================================================================================
 
-Conventions of this module (each is a choice the CompVis code makes differently or implicitly):
+Three conventions differ from the CompVis code -- the posterior's mode rather than a sample, the scale factor
+estimated as ``1 / std``, and the condition dropped for classifier-free guidance -- and are described with the
+settings that choose them, in :mod:`ldm_lite.ldm_config`.
 
-* **Posterior mode, not a sample.** ``encode_first_stage`` returns the *mean* of the KL encoder's
-  posterior ``q(z|x)`` by default (``posterior="mode"``); CompVis draws a sample. With the tiny
-  KL weight of the first stage (~1e-6) the posterior's standard deviation is ~1e-2 or less of the
-  latent's, so the sample adds almost nothing -- and the mode makes encoding deterministic: cached
-  latents (:meth:`LatentDiffusion.encode_dataset`) then give exactly the loss of encoding in the
-  loop. ``posterior="sample"`` restores the CompVis behaviour. A VQ first stage is always encoded
-  to its *pre-quantisation* latent (``VQModel.encode_pre_quant``), and ``decode_first_stage``
-  quantises before decoding (the quantiser is "absorbed into the decoder", Sec. 3.1).
-* **scale_factor.** The diffusion model sees ``z = scale_factor * E(x)``; ``decode_first_stage``
-  divides by it first. It is a registered buffer, so it is saved in every checkpoint. With
-  ``scale_by_std=True`` it is estimated once, at the start of training, as ``1 / std`` of the first
-  batch's (unscaled) latents (all elements pooled), so the latents the UNet sees have unit variance
-  like the noise -- Stable Diffusion's ``0.18215`` is such an estimate for its KL-f8 autoencoder.
-* **Conditioning dropout for classifier-free guidance.** The CompVis training code never drops the
-  condition. Here ``cond_drop_prob = p`` replaces each sample's condition by the *unconditional
-  conditioning* with probability ``p`` (Ho & Salimans 2021), so the same network can be guided at
-  sampling time. The unconditional conditioning is ``get_learned_conditioning(unconditional_value)``
-  when an ``unconditional_value`` is given (a *raw* condition of one sample: the null class index,
-  the token ids of the empty caption ...; the cond stage learns its embedding), otherwise **zeros**
-  of the learned conditioning's shape (a zero context / zero concat image). ``"adm"`` needs a null
-  class: build the UNet with ``num_classes = n + 1`` and pass ``unconditional_value=n``. In
-  ``"hybrid"`` mode only the cross-attention part is dropped; the spatial ``c_concat`` part (the
-  image being completed or upscaled) is always kept.
-
-**The condition has one form inside the model** (:mod:`ldm_lite.conditioning.condition`): a dict with
-the keys of CompVis's ``DiffusionWrapper`` -- ``c_crossattn`` (+ ``context_mask``, True = real token),
-``c_concat``, ``y`` -- built once by ``get_learned_conditioning`` (or by ``as_condition`` where a learned
-condition is handed in). Dropout, guidance and the UNet call read only that dict.
+**The condition has one form inside the model**: a :class:`~ldm_lite.conditioning.condition.Condition` with
+the parts CompVis's ``DiffusionWrapper`` routes -- ``context`` (+ ``context_mask``, True = real token),
+``concat``, ``y`` -- built once by ``get_learned_conditioning`` (or by ``Condition.of`` where a learned
+condition is handed in) and checked where it enters (``sample``, ``training_step``). Dropout, guidance and
+``apply_model``, the one routing point into the UNet, read only that.
 
 The class reads in the paper's order: Sec. 3.1 (``encode_first_stage`` / ``decode_first_stage`` with the
 scale factor), Sec. 3.3 (``get_learned_conditioning``, the null condition, dropout), Eq. 2 / Eq. 3
@@ -90,55 +69,39 @@ stage is frozen), ``training_step``, ``ema_module`` and ``on_train_start`` (the 
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ldm_lite.autoencoder.first_stage import IdentityFirstStage, is_pixel_space
-from ldm_lite.autoencoder.model import check_image_channels, check_image_size
+from ldm_lite.autoencoder.model import build_autoencoder, check_image_channels, check_image_size
 from ldm_lite.autoencoder.tiled import tiled_decode
-from ldm_lite.conditioning.condition import (
-    as_condition,
-    batch_size_of,
+from ldm_lite.conditioning.embedders import build_cond_stage
+from ldm_lite.checks import (
+    check_scale_factor,
     check_class_labels,
-    expand_batch,
-    raw_batch,
-    to_device,
-    where_dropped,
+    check_concat,
+    check_eta,
+    check_finite_sample,
+    check_guidance_scale,
+    check_sample_condition,
+    check_start_noise,
+    known_region,
+    latent_shape,
 )
-from ldm_lite.data.spatial import check_image_range, keep_mask_from
-from ldm_lite.diffusion.samplers import SAMPLERS, Sampler, check_eta, check_finite, check_guidance_scale, make_sampler
-from ldm_lite.diffusion.schedule import PARAMETERIZATIONS, NoiseSchedule, diffusion_loss
-from ldm_lite.latents import encode_dataset
+from ldm_lite.conditioning.condition import Condition, raw_batch, raw_condition, to_device
+from ldm_lite.diffusion.samplers import Sampler, make_sampler
+from ldm_lite.diffusion.schedule import NoiseSchedule, diffusion_loss, loss_by_timestep
+from ldm_lite.latents import encode_dataset, latents_of_batch
+from ldm_lite.ldm_config import CONDITIONING_KEYS, LDMConfig, ScheduleConfig
 from ldm_lite.unet.model import UNetModel
 
 __all__ = ["CONDITIONING_KEYS", "LatentDiffusion", "default_schedule"]
 
-CONDITIONING_KEYS = (None, "crossattn", "concat", "hybrid", "adm")
-
-
-def check_scale_factor(value, where: str = "") -> float:
-    """``scale_factor`` must be a finite number > 0 (latents are multiplied by it, decoding divides by it: 0
-    gives inf, NaN gives NaN images). Returns it as a float; ``where`` says where the value came from."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"scale_factor{where} must be a finite number > 0, got {value!r}") from None
-    if not math.isfinite(v) or v <= 0:
-        raise ValueError(
-            f"scale_factor{where} must be a finite number > 0, got {v}; use 1.0 for pixel space or an unscaled "
-            "autoencoder, 0.18215 for Stable Diffusion's KL-f8, or scale_by_std=True to estimate 1 / std of the "
-            "latents (a checkpoint with this value is corrupt: re-export it)"
-        )
-    return v
-
-
 def default_schedule() -> NoiseSchedule:
     """The LDM / Stable Diffusion schedule: ``"linear"`` (linear in sqrt(beta)), T=1000, 0.00085-0.012."""
-    return NoiseSchedule.from_name("linear", 1000, linear_start=0.00085, linear_end=0.012)
+    return ScheduleConfig().build()
 
 
 class LatentDiffusion(nn.Module):
@@ -152,123 +115,66 @@ class LatentDiffusion(nn.Module):
         cond_stage: ``tau_theta``, maps the raw condition ``y`` to the UNet's context / concat image /
             class labels; ``None`` = identity (e.g. raw class labels for ``"adm"``, a low-resolution
             image already at the latent size for ``"concat"``). In ``"hybrid"`` mode it is applied
-            to the ``"c_crossattn"`` part only. It may return a tensor, ``(context, mask)`` or a dict
-            with the keys ``c_crossattn`` / ``context_mask`` / ``c_concat`` / ``y``.
-        conditioning_key: ``None``, ``"crossattn"``, ``"concat"``, ``"hybrid"`` or ``"adm"`` (module
-            docstring).
-        cond_key: the batch key of the raw condition (``"label"``, ``"caption_ids"``, ``"lr_image"`` ...);
-            for ``"hybrid"`` a dict ``{"c_concat": batch_key, "c_crossattn": batch_key}``. Required when
-            ``conditioning_key`` is set.
-        cond_stage_trainable: train the cond stage with the UNet (a text transformer from scratch, a
-            class embedding) or keep it frozen (a pre-trained text encoder).
+            to the ``"c_crossattn"`` part only.
         schedule: the :class:`NoiseSchedule` (default :func:`default_schedule`).
-        parameterization: what the UNet predicts: ``"eps"`` (the paper), ``"x0"`` or ``"v"``.
-        scale_factor: latents are multiplied by it after encoding (divided before decoding).
-        scale_by_std: estimate ``scale_factor = 1 / std(first batch's latents)`` in
-            :meth:`on_train_start` (needs a first stage and ``scale_factor=1.0``).
-        posterior: ``"mode"`` (default; deterministic) or ``"sample"`` (CompVis) for a KL first stage.
-        lr, weight_decay: AdamW over the UNet (+ trainable cond stage); CompVis uses AdamW with
-            PyTorch's default ``weight_decay=0.01``.
-        weighting, min_snr_gamma, loss_type: passed to :func:`diffusion_loss` (``None`` = the paper).
-        cond_drop_prob: probability of replacing a sample's condition by the unconditional one in
-            training (classifier-free guidance; 0 = never, as the original code).
-        unconditional_value: one sample's *raw* unconditional condition (the null class, the token
-            ids of ``""``), or a callable ``batch_size -> raw batch``; ``None`` = zeros of the
-            learned conditioning (module docstring).
-        image_size: the training image size (int or (H, W)); sets the default latent size of
-            :meth:`sample`. Without it the size of the first training batch is used.
-        t_buckets: log the loss per timestep range, ``loss_t/<lo>-<hi>``, in this many equal ranges
-            (0 = off).
+        config: an :class:`~ldm_lite.ldm_config.LDMConfig` holding every setting, or the settings by name instead
+            (``conditioning_key="crossattn", cond_key="caption", cond_drop_prob=0.1, ...``: the fields of its parts,
+            described there). Each reads as an attribute too (``model.cond_drop_prob``).
     """
 
-    def __init__(
-        self,
-        first_stage: nn.Module | None,
-        unet: UNetModel,
-        cond_stage: nn.Module | None = None,
-        *,
-        conditioning_key: str | None = None,
-        cond_key: str | dict[str, str] | None = None,
-        cond_stage_trainable: bool = True,
-        schedule: NoiseSchedule | None = None,
-        parameterization: str = "eps",
-        scale_factor: float = 1.0,
-        scale_by_std: bool = False,
-        posterior: str = "mode",
-        lr: float = 1e-4,
-        weight_decay: float = 0.01,
-        weighting: str | None = None,
-        min_snr_gamma: float = 5.0,
-        loss_type: str = "l2",
-        cond_drop_prob: float = 0.0,
-        unconditional_value: Any = None,
-        image_size: int | tuple[int, int] | None = None,
-        t_buckets: int = 4,
-    ):
+    def __init__(self, first_stage: nn.Module | None, unet: UNetModel, cond_stage: nn.Module | None = None, *,
+                 schedule: NoiseSchedule | None = None, config: LDMConfig | None = None, **settings):
         super().__init__()
-        if conditioning_key not in CONDITIONING_KEYS:
-            raise ValueError(
-                f"unknown conditioning_key {conditioning_key!r}; use None (unconditional), 'crossattn' "
-                "(context for cross-attention), 'concat' (spatial condition concatenated to z_t), 'hybrid' "
-                "(both) or 'adm' (class labels added to the time embedding)"
-            )
-        if parameterization not in PARAMETERIZATIONS:
-            raise ValueError(f"unknown parameterization {parameterization!r}; use one of {', '.join(PARAMETERIZATIONS)}")
-        if posterior not in ("mode", "sample"):
-            raise ValueError(f"posterior must be 'mode' (deterministic mean) or 'sample' (CompVis), got {posterior!r}")
-        if weighting not in (None, "min_snr"):
-            raise ValueError(f"unknown weighting {weighting!r}; use None (the paper) or 'min_snr'")
-        if not 0.0 <= cond_drop_prob <= 1.0:
-            raise ValueError(f"cond_drop_prob must lie in [0, 1], got {cond_drop_prob}")
         if not isinstance(unet, nn.Module):
             raise TypeError(f"unet must be an nn.Module (a UNetModel), got {type(unet).__name__}")
-
         # pixel space is a first stage too (f = 1, the image is its own latent): nothing below asks whether there is one
         self.first_stage = first_stage if first_stage is not None else IdentityFirstStage(unet.out_channels)
         self.unet = unet
         self.cond_stage = cond_stage
-        self.conditioning_key = conditioning_key
-        self.cond_key = cond_key
-        self.cond_stage_trainable = bool(cond_stage_trainable)
-        self.schedule = schedule if schedule is not None else default_schedule()
+        self.schedule = schedule if schedule is not None else (config.schedule.build() if config else default_schedule())
         if not isinstance(self.schedule, NoiseSchedule):
             raise TypeError(f"schedule must be a NoiseSchedule, got {type(self.schedule).__name__}")
-        self.parameterization = parameterization
-        self.scale_by_std = bool(scale_by_std)
-        self.posterior = posterior
-        self.lr, self.weight_decay = float(lr), float(weight_decay)
-        self.weighting, self.min_snr_gamma, self.loss_type = weighting, float(min_snr_gamma), loss_type
-        self.cond_drop_prob = float(cond_drop_prob)
-        self.unconditional_value = unconditional_value
-        self.t_buckets = int(t_buckets)
-        self.register_buffer("scale_factor", torch.tensor(float(scale_factor), dtype=torch.float32))
+        if config is None:
+            config = LDMConfig.from_modules(self.first_stage, unet, cond_stage, self.schedule, **settings)
+        elif settings:
+            raise TypeError(f"give the settings in config or by name, not both (got config and {sorted(settings)})")
+        self.config = config
+        self.register_buffer("scale_factor", torch.tensor(config.scale_factor, dtype=torch.float32))
+        self.register_load_state_dict_post_hook(LatentDiffusion._check_loaded_scale)
         self.scale_estimated = False  # set by estimate_scale_factor (a resumed run restores the buffer)
-
+        self.image_size, self.latent_size = config.image_size, config.latent_size
         self.first_stage.eval()
         self.first_stage.requires_grad_(False)
         if cond_stage is not None and not self.cond_stage_trainable:
             cond_stage.eval()
             cond_stage.requires_grad_(False)
 
-        self._validate(scale_factor)
-        self.image_size = None if image_size is None else self._pair(image_size)
-        self.latent_size: tuple[int, int] | None = None
-        if self.image_size is not None:
-            h, w = self.image_size
-            if h % self.f or w % self.f:
-                raise ValueError(
-                    f"image_size {h}x{w} is not divisible by the autoencoder's downsampling factor f={self.f}; "
-                    f"use a multiple of {self.f}"
-                )
-            self.latent_size = (h // self.f, w // self.f)
+    @classmethod
+    def from_config(cls, config: LDMConfig | dict, first_stage: nn.Module | None = None,
+                    cond_stage: nn.Module | None = None) -> "LatentDiffusion":
+        """Build the model a config describes (fresh weights): the UNet from ``config.unet``, the schedule, the cond
+        stage from its recorded config and the first stage from its architecture -- or pass trained ``first_stage``
+        / ``cond_stage`` modules (``ldm_lite.pretrained.load_ldm`` does, with the weights)."""
+        config = LDMConfig.from_dict(config) if isinstance(config, dict) else config
+        if config.unet is None:
+            raise ValueError("this config does not describe its UNet (config.unet is None); build the model with "
+                             "LatentDiffusion(first_stage, unet, ...)")
+        fs_cfg = config.first_stage
+        if first_stage is None and not fs_cfg.pixel_space:
+            if fs_cfg.autoencoder is None:
+                raise ValueError("the config names no autoencoder architecture; pass first_stage=<the autoencoder>")
+            first_stage = build_autoencoder(fs_cfg.autoencoder)
+        cs = config.conditioning.cond_stage
+        if cond_stage is None and cs is not None:
+            if "type" not in cs:
+                raise ValueError(f"the cond stage {cs.get('class')} is not described by its config; build it as in "
+                                 "training and pass cond_stage=...")
+            cond_stage = build_cond_stage(cs)
+        return cls(first_stage, UNetModel.from_config(config.unet), cond_stage, config=config)
 
-    # ------------------------------------------------------------------ construction checks
-    @staticmethod
-    def _pair(size) -> tuple[int, int]:
-        if isinstance(size, int):
-            return (size, size)
-        h, w = size
-        return (int(h), int(w))
+    def export_config(self) -> LDMConfig:
+        """``config`` as the model stands now: the estimated ``scale_factor`` fixed (``scale_by_std`` off)."""
+        return self.config.replace(scale_factor=float(self.scale_factor), scale_by_std=False)
 
     @property
     def f(self) -> int:
@@ -285,92 +191,7 @@ class LatentDiffusion(nn.Module):
         """True for a diffusion model on the images themselves (``first_stage=None`` at construction)."""
         return is_pixel_space(self.first_stage)
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
-
-    def _validate(self, scale_factor: float) -> None:
-        check_scale_factor(scale_factor)
-        self.register_load_state_dict_post_hook(LatentDiffusion._check_loaded_scale)
-        key, unet = self.conditioning_key, self.unet
-        zc = self.latent_channels
-        u_in, u_out = getattr(unet, "in_channels", None), getattr(unet, "out_channels", None)
-        context_dim, num_classes = getattr(unet, "context_dim", None), getattr(unet, "num_classes", None)
-        where = "the image" if self.pixel_space else "the autoencoder's latent"
-        if u_out is not None and u_out != zc:
-            raise ValueError(
-                f"the UNet predicts out_channels={u_out} channels but {where} has {zc}; build the UNet with "
-                f"out_channels={zc}"
-            )
-        if u_in is not None:
-            if key in ("concat", "hybrid"):
-                if u_in <= zc:
-                    raise ValueError(
-                        f"conditioning_key={key!r} concatenates the condition to z_t, so the UNet needs in_channels = "
-                        f"{zc} (latent) + the condition's channels, but it has in_channels={u_in}"
-                    )
-            elif u_in != zc:
-                raise ValueError(
-                    f"the UNet has in_channels={u_in} but {where} has {zc} channels; build it with in_channels={zc}"
-                    + (" (or use conditioning_key='concat' if the extra channels are a spatial condition)"
-                       if u_in > zc else "")
-                )
-        if context_dim is not None and key not in ("crossattn", "hybrid"):
-            raise ValueError(
-                f"the UNet was built with context_dim={context_dim} (cross-attention), so it needs a context: use "
-                "conditioning_key='crossattn' (or 'hybrid'), or build the UNet with context_dim=None"
-            )
-        if key in ("crossattn", "hybrid") and context_dim is None:
-            raise ValueError(
-                f"conditioning_key={key!r} feeds a context to cross-attention, but the UNet has context_dim=None; "
-                "build it with context_dim=<width of the cond stage's output> (and use_spatial_transformer=True)"
-            )
-        if num_classes is not None and key != "adm":
-            raise ValueError(
-                f"the UNet was built with num_classes={num_classes} (a class embedding), so it needs labels y: "
-                "use conditioning_key='adm', or build the UNet with num_classes=None"
-            )
-        if key == "adm" and num_classes is None:
-            raise ValueError("conditioning_key='adm' passes class labels y, but the UNet has num_classes=None; "
-                             "build it with num_classes=<number of classes (+1 for a null class)>")
-        if key is not None and self.cond_key is None:
-            raise ValueError(
-                f"conditioning_key={key!r} needs cond_key: the batch key of the raw condition, e.g. cond_key='label'"
-                + (" (hybrid: cond_key={'c_concat': 'lr_image', 'c_crossattn': 'caption_ids'})" if key == "hybrid" else "")
-            )
-        if isinstance(self.cond_key, dict):
-            if key != "hybrid":
-                raise ValueError("a dict cond_key is for conditioning_key='hybrid'; use a single batch key otherwise")
-            bad = set(self.cond_key) - {"c_concat", "c_crossattn"}
-            if bad:
-                raise ValueError(f"hybrid cond_key keys must be 'c_concat' and 'c_crossattn', got extra {sorted(bad)}")
-        if isinstance(self.cond_key, list):
-            self.cond_key = tuple(self.cond_key)
-        if isinstance(self.cond_key, tuple) and (not self.cond_key or key in ("hybrid", None)
-                                                 or not all(isinstance(k, str) for k in self.cond_key)):
-            raise ValueError("a tuple cond_key names several batch fields that together form one raw condition (a "
-                             "dict, e.g. ('masked_image', 'hole_mask') for inpainting); use it with 'concat' / "
-                             "'crossattn' cond stages that take a dict")
-        if self.cond_drop_prob > 0 and key is None:
-            raise ValueError("cond_drop_prob > 0 needs a conditional model (conditioning_key is None: nothing to drop)")
-        if key == "adm" and self.cond_drop_prob > 0 and self.unconditional_value is None:
-            raise ValueError(
-                "classifier-free guidance with conditioning_key='adm' needs a null class: build the UNet with "
-                "num_classes = n + 1 and pass unconditional_value=n (zeros would be class 0)"
-            )
-        if self.scale_by_std:
-            if self.pixel_space:
-                raise ValueError(
-                    "scale_by_std=True estimates the scale of an autoencoder's latents, but this is a pixel-space "
-                    "model (first_stage=None): images in [-1, 1] need no rescaling; set scale_by_std=False"
-                )
-            if float(scale_factor) != 1.0:
-                raise ValueError(
-                    f"scale_by_std=True estimates scale_factor itself; pass scale_factor=1.0 (got {scale_factor}) "
-                    "or scale_by_std=False to keep a known value such as 0.18215"
-                )
-        if self.t_buckets < 0:
-            raise ValueError(f"t_buckets must be >= 0, got {self.t_buckets}")
+    device = property(lambda self: next(self.unet.parameters()).device, doc="Where the UNet's weights are.")
 
     @staticmethod
     def _check_loaded_scale(module: "LatentDiffusion", incompatible_keys) -> None:
@@ -425,9 +246,9 @@ class LatentDiffusion(nn.Module):
         return decode(z)
 
     # ------------------------------------------------------------------ Sec. 3.3: conditioning
-    def get_learned_conditioning(self, y: Any) -> dict[str, torch.Tensor] | None:
-        """The raw condition ``y`` -> ``tau_theta(y)`` in the canonical form (a dict, see
-        :mod:`ldm_lite.conditioning.condition`): ``c_crossattn`` (+ ``context_mask``), ``c_concat`` or ``y``.
+    def get_learned_conditioning(self, y: Any) -> Condition | None:
+        """The raw condition ``y`` -> ``tau_theta(y)`` as a :class:`~ldm_lite.conditioning.condition.Condition`:
+        a context (+ mask) for cross-attention, a concat image or class labels.
 
         Without a cond stage ``y`` passes through (raw labels for ``"adm"``, an image at the latent size for
         ``"concat"``). In ``"hybrid"`` mode ``y`` is a dict ``{"c_concat": ..., "c_crossattn": ...}`` and the
@@ -438,17 +259,16 @@ class LatentDiffusion(nn.Module):
         key = self.conditioning_key
         if key is None:
             raise ValueError("this model is unconditional (conditioning_key=None); it takes no condition")
-        if key == "hybrid":
-            if not isinstance(y, dict) or not set(y) <= {"c_concat", "c_crossattn"}:
-                raise ValueError("conditioning_key='hybrid' takes a raw condition {'c_concat': image at the latent "
-                                 "size, 'c_crossattn': the cond stage's input}")
-            cond = {}
-            if "c_crossattn" in y:
-                cond.update(as_condition(self._cond_stage_forward(y["c_crossattn"]), "crossattn"))
-            if "c_concat" in y:
-                cond["c_concat"] = to_device(y["c_concat"], self.device)
-            return cond
-        return as_condition(self._cond_stage_forward(y), key)
+        if key != "hybrid":
+            return Condition.of(self._cond_stage_forward(y), key)
+        if not isinstance(y, dict) or not set(y) <= {"c_concat", "c_crossattn"}:
+            raise ValueError("conditioning_key='hybrid' takes a raw condition {'c_concat': image at the latent "
+                             "size, 'c_crossattn': the cond stage's input}")
+        cross = self._cond_stage_forward(y["c_crossattn"]) if "c_crossattn" in y else None
+        parts = {} if cross is None else Condition.of(cross, "crossattn").parts()
+        if "c_concat" in y:
+            parts["concat"] = to_device(y["c_concat"], self.device)
+        return Condition(**parts)
 
     def _cond_stage_forward(self, y: Any) -> Any:
         if isinstance(y, int) and not isinstance(y, bool):
@@ -479,7 +299,7 @@ class LatentDiffusion(nn.Module):
         return check_class_labels(y, int(self.unet.num_classes), null_class=null, what=what)
 
     def get_unconditional_conditioning(self, batch_size: int, like: Any = None,
-                                       latent_size: int | tuple[int, int] | None = None) -> dict | None:
+                                       latent_size: int | tuple[int, int] | None = None) -> Condition | None:
         """The null condition for ``batch_size`` samples: what guidance contrasts with, and what training drops to.
 
         With ``unconditional_value`` (a raw condition: the null class, ``""``, the empty layout): its learned
@@ -494,35 +314,18 @@ class LatentDiffusion(nn.Module):
         if self.unconditional_value is not None:
             v = self.unconditional_value
             raw = v(1) if callable(v) else raw_batch(v, 1)
-            learned = as_condition(self._cond_stage_forward(raw), "crossattn" if key == "hybrid" else key)
-            return expand_batch(learned, batch_size)
+            null = Condition.of(self._cond_stage_forward(raw), "crossattn" if key == "hybrid" else key)
+            return null.expand(batch_size)
         if key == "adm":
             raise ValueError(
                 "conditioning_key='adm' has no unconditional conditioning: zeros would be class 0. Build the UNet "
                 "with num_classes = n + 1 and pass unconditional_value=n (a null class)"
             )
-        like = as_condition(like, key) if like is not None else {}
-        dev = self.device
-        if key in ("crossattn", "hybrid"):
-            ref = like.get("c_crossattn")
-            if ref is not None:
-                ctx = torch.zeros(batch_size, *ref.shape[1:], device=ref.device, dtype=ref.dtype)
-            else:
-                ctx = torch.zeros(batch_size, 1, self.unet.context_dim, device=dev)
-            u = {"c_crossattn": ctx}
-            if "context_mask" in like:
-                u["context_mask"] = torch.ones(batch_size, ctx.shape[1], dtype=torch.bool, device=ctx.device)
-            return u
-        ref = like.get("c_concat")
-        if ref is not None:
-            return {"c_concat": torch.zeros(batch_size, *ref.shape[1:], device=ref.device, dtype=ref.dtype)}
         size = latent_size if latent_size is not None else self.latent_size
-        if size is None:
-            raise ValueError("the zero concat condition needs its size: pass latent_size=(h, w) (or like=a condition)")
-        h, w = self._pair(size)
-        return {"c_concat": torch.zeros(batch_size, self.unet.in_channels - self.latent_channels, h, w, device=dev)}
+        return Condition.zeros(key, batch_size, Condition.of(like, key), self.unet.context_dim,
+                               self.unet.in_channels - self.latent_channels, size, self.device)
 
-    def get_condition(self, batch, drop: bool | None = None) -> dict | None:
+    def get_condition(self, batch, drop: bool | None = None) -> Condition | None:
         """The learned condition of a batch (``None`` if unconditional), with dropout for guidance in training.
 
         ``drop``: apply ``cond_drop_prob`` (default: in train mode). Each sample is dropped independently with
@@ -530,87 +333,46 @@ class LatentDiffusion(nn.Module):
         """
         if self.conditioning_key is None:
             return None
-        if not isinstance(batch, dict):
-            raise KeyError(f"a conditional model needs dict batches with the condition under {self.cond_key!r}")
-        if isinstance(self.cond_key, dict):
-            missing = [k for k in self.cond_key.values() if k not in batch]
-            y = {part: batch[k] for part, k in self.cond_key.items() if k in batch}
-        elif isinstance(self.cond_key, tuple):  # several fields form one raw condition (a dict)
-            encoded = getattr(self.cond_stage, "encode_fields", {})
-            y, missing = {}, []
-            for k in self.cond_key:
-                if k in batch:
-                    y[k] = batch[k]
-                elif k in encoded and encoded[k] in batch:  # the latent cache holds the field already encoded
-                    y[encoded[k]] = batch[encoded[k]]
-                else:
-                    missing.append(k)
-        else:
-            missing = [] if self.cond_key in batch else [self.cond_key]
-            y = batch.get(self.cond_key)
-        if missing:
-            raise KeyError(
-                f"the batch has no {missing} (cond_key of this {self.conditioning_key!r} model); batch keys: "
-                f"{sorted(batch)}. Pass cond_key=<the dataset's field>, or keep it when caching latents "
-                "(encode_dataset(..., keys=[...]))"
-            )
+        y = raw_condition(batch, self.cond_key, getattr(self.cond_stage, "encode_fields", None), self.conditioning_key)
         c = self.get_learned_conditioning(y)
         drop = self.training if drop is None else drop
         if drop and self.cond_drop_prob > 0:
-            b = batch_size_of(c)
+            b = c.batch_size
             dropped = torch.rand(b, device=self.device) < self.cond_drop_prob
-            c = where_dropped(dropped, self.get_unconditional_conditioning(b, like=c), c)
+            c = c.where(dropped, self.get_unconditional_conditioning(b, like=c))
+        return c
+
+    def _check_condition(self, c: Condition | None, z_shape: Sequence[int], complete: bool = True) -> Condition | None:
+        """A learned condition where it enters (``sample``, ``training_step``, a direct ``apply_model`` call): given
+        exactly when the model is conditional, with the parts ``conditioning_key`` routes (``complete``), and a
+        concat image that fits ``z_t`` of shape ``z_shape``. Nothing below the entry checks it again."""
+        key = self.conditioning_key
+        if (c is None) != (key is None):
+            raise ValueError("this model is unconditional (conditioning_key=None); call it with cond=None"
+                             if key is None else f"this model is conditional (conditioning_key={key!r}) and got "
+                             "cond=None; pass the learned conditioning (get_learned_conditioning(y)) or "
+                             "get_unconditional_conditioning(B)")
+        if c is not None and complete:
+            c.check_parts(key)
+        if c is not None and c.concat is not None:
+            check_concat(c.concat, z_shape, self.unet.in_channels)
         return c
 
     # ------------------------------------------------------------------ Eq. 2 / Eq. 3: the denoiser and its loss
-    def apply_model(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
-        """``eps_theta(x_t, t, c)``: route the learned conditioning ``cond`` into the UNet by ``conditioning_key``.
+    def apply_model(self, x_t: torch.Tensor, t: torch.Tensor, cond: Condition | None = None) -> torch.Tensor:
+        """``eps_theta(x_t, t, c)``: route the learned condition into the UNet, as CompVis's ``DiffusionWrapper``:
+        ``concat`` joins ``x_t`` on the channel axis, ``context`` (+ ``context_mask``) feeds cross-attention, ``y``
+        the class embedding. ``x_t`` ``(B, c, h, w)``, ``t`` ``(B,)`` long; returns the UNet output ``(B, c, h, w)``.
 
-        ``x_t`` ``(B, c, h, w)``, ``t`` ``(B,)`` long; ``cond``: ``None`` (unconditional), a tensor (crossattn
-        ``(B, M, D)``, concat ``(B, C_c, h, w)``, adm ``(B,)``) or a dict with keys ``c_concat``,
-        ``c_crossattn``, ``context_mask``, ``y``. Returns the UNet output ``(B, c, h, w)``.
+        ``cond``: a :class:`~ldm_lite.conditioning.condition.Condition` (checked where it entered), or from a direct
+        caller ``None`` or any form :meth:`Condition.of` takes (a tensor, a dict ...), converted and checked here.
         """
-        key = self.conditioning_key
-        if key is None:
-            if cond is not None:
-                raise ValueError("this model is unconditional (conditioning_key=None); call it with cond=None")
-            return self.unet(x_t, t)
+        if not isinstance(cond, Condition):
+            cond = self._check_condition(Condition.of(cond, self.conditioning_key), x_t.shape)
         if cond is None:
-            raise ValueError(
-                f"this model is conditional (conditioning_key={key!r}) and got cond=None; pass the learned "
-                "conditioning (get_learned_conditioning(y)) or get_unconditional_conditioning(batch_size)"
-            )
-        parts = as_condition(cond, key)  # a no-op for a condition built by get_learned_conditioning
-        x_in, context, y, mask = x_t, None, None, None
-        if key in ("concat", "hybrid"):
-            cc = parts.get("c_concat")
-            if cc is None:
-                raise ValueError(f"conditioning_key={key!r} needs a 'c_concat' tensor (B, C, h, w) at the latent size")
-            if cc.ndim != 4 or cc.shape[0] != x_t.shape[0]:
-                raise ValueError(f"c_concat must have shape (B={x_t.shape[0]}, C, h, w), got {tuple(cc.shape)}")
-            if cc.shape[-2:] != x_t.shape[-2:]:
-                raise ValueError(
-                    f"the concat condition is {cc.shape[-2]}x{cc.shape[-1]} but z_t is {x_t.shape[-2]}x{x_t.shape[-1]}; "
-                    "give the condition at the latent size (resize it, e.g. F.interpolate(c, size=z.shape[-2:]), or "
-                    "use a cond stage that does, such as a SpatialRescaler)"
-                )
-            if x_t.shape[1] + cc.shape[1] != self.unet.in_channels:
-                raise ValueError(
-                    f"z_t has {x_t.shape[1]} channels and the concat condition {cc.shape[1]}, {x_t.shape[1] + cc.shape[1]} "
-                    f"in all, but the UNet has in_channels={self.unet.in_channels}; build it with in_channels="
-                    f"{x_t.shape[1] + cc.shape[1]} or give a condition with {self.unet.in_channels - x_t.shape[1]} channels"
-                )
-            x_in = torch.cat([x_t, cc.to(x_t.dtype)], dim=1)
-        if key in ("crossattn", "hybrid"):
-            context = parts.get("c_crossattn")
-            if context is None:
-                raise ValueError(f"conditioning_key={key!r} needs a context 'c_crossattn' of shape (B, M, D)")
-            mask = parts.get("context_mask")
-        if key == "adm":
-            y = parts.get("y")
-            if y is None:
-                raise ValueError("conditioning_key='adm' needs class labels y (B,)")
-        return self.unet(x_in, t, context=context, y=y, context_mask=mask)
+            return self.unet(x_t, t)
+        x_in = x_t if cond.concat is None else torch.cat([x_t, cond.concat.to(x_t.dtype)], dim=1)
+        return self.unet(x_in, t, context=cond.context, y=cond.y, context_mask=cond.context_mask)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
         """Same as :meth:`apply_model`."""
@@ -619,18 +381,7 @@ class LatentDiffusion(nn.Module):
     def get_input(self, batch) -> torch.Tensor:
         """The scaled latents of a batch: ``batch["latent"]`` as it is (pre-encoded, already scaled) or
         ``encode_first_stage(batch["image"])``. A bare tensor is taken as images."""
-        if torch.is_tensor(batch):
-            batch = {"image": batch}
-        if not isinstance(batch, dict):
-            raise TypeError(f"a batch must be a dict with 'image' or 'latent', got {type(batch).__name__}")
-        if "latent" in batch:
-            z = batch["latent"].to(self.device).float()
-        elif "image" in batch:
-            z = self.encode_first_stage(batch["image"].to(self.device))
-        else:
-            raise KeyError(f"the batch has neither 'image' nor 'latent' (keys: {sorted(batch)})")
-        if z.ndim != 4 or z.shape[1] != self.latent_channels:
-            raise ValueError(f"expected latents of shape (B, {self.latent_channels}, h, w), got {tuple(z.shape)}")
+        z = latents_of_batch(batch, self.encode_first_stage, self.latent_channels, self.device)
         if self.latent_size is None:
             self.latent_size = (int(z.shape[-2]), int(z.shape[-1]))
         return z
@@ -656,17 +407,11 @@ class LatentDiffusion(nn.Module):
         if optimizer_name != "ldm":
             raise ValueError(f"unknown optimizer {optimizer_name!r}; LatentDiffusion has one optimiser, 'ldm'")
         z = self.get_input(batch)
-        c = self.get_condition(batch)
+        c = self._check_condition(self.get_condition(batch), z.shape)
         loss, logs = self.p_losses(z, c)
         out = {"loss": float(logs["loss"]), "loss_simple": float(logs["loss_simple"])}
         if self.t_buckets:
-            T = self.schedule.num_timesteps
-            edges = [round(i * T / self.t_buckets) for i in range(self.t_buckets + 1)]
-            t, per = logs["t"], logs["loss_per_sample"]
-            for lo, hi in zip(edges[:-1], edges[1:]):
-                sel = (t >= lo) & (t < hi)
-                if bool(sel.any()):
-                    out[f"loss_t/{lo}-{hi - 1}"] = float(per[sel].mean())
+            out.update(loss_by_timestep(logs["t"], logs["loss_per_sample"], self.schedule.num_timesteps, self.t_buckets))
         return loss, out
 
     # ------------------------------------------------------------------ modes and the Trainer protocol
@@ -704,278 +449,122 @@ class LatentDiffusion(nn.Module):
         elif torch.is_tensor(first_batch):
             self.estimate_scale_factor(first_batch)
         else:
-            raise ValueError(
-                "scale_by_std=True needs images to estimate scale_factor, but the first batch has only "
-                f"{sorted(first_batch) if isinstance(first_batch, dict) else type(first_batch).__name__}; cache "
-                "the latents with this model's encode_dataset(...) (it estimates the scale before encoding)"
-            )
+            raise ValueError(f"scale_by_std=True needs images to estimate scale_factor, but the first batch has only "
+                             f"{sorted(first_batch) if isinstance(first_batch, dict) else type(first_batch).__name__};"
+                             " cache the latents with this model's encode_dataset(...) (it estimates the scale first)")
 
     def encode_dataset(self, dataset, batch_size: int = 64, keys: Sequence[str] | None = None,
                        progress: bool = True, num_workers: int = 0, collate_fn: Callable | None = None):
-        """Encode a dataset once into a :class:`~ldm_lite.latents.LatentDataset` (see
-        :func:`ldm_lite.latents.encode_dataset`); training on it skips the encoder."""
+        """Encode a dataset once (:func:`ldm_lite.latents.encode_dataset`); training on it skips the encoder."""
         return encode_dataset(self, dataset, batch_size=batch_size, keys=keys, progress=progress,
                               num_workers=num_workers, collate_fn=collate_fn)
 
     # ------------------------------------------------------------------ sampling (chapter 05)
     @torch.no_grad()
     def sample(
-        self,
-        num_samples: int | None = None,
-        *,
-        shape: Sequence[int] | None = None,
-        cond: Any = None,
-        c: Any = None,
-        unconditional_conditioning: Any = None,
-        guidance_scale: float = 1.0,
-        sampler: str | Sampler = "ddim",
-        steps: int | None = 50,
-        eta: float = 0.0,
-        generator: torch.Generator | None = None,
-        keep_mask: torch.Tensor | None = None,
-        x0: torch.Tensor | None = None,
-        x_T: torch.Tensor | None = None,
-        callback: Callable | None = None,
-        progress: bool = True,
-        return_latents: bool = False,
-        latent_size: int | tuple[int, int] | None = None,
-        hole_mask: torch.Tensor | None = None,
-        jump_length: int = 0,
-        jump_n_sample: int = 1,
-        decode_tile: int | None = None,
-        timestep_spacing: str = "uniform",
-        **sampler_kwargs,
+        self, num_samples: int | None = None, *, shape: Sequence[int] | None = None, cond: Any = None, c: Any = None,
+        unconditional_conditioning: Any = None, guidance_scale: float = 1.0, sampler: str | Sampler = "ddim",
+        steps: int | None = 50, eta: float = 0.0, generator: torch.Generator | None = None,
+        keep_mask: torch.Tensor | None = None, x0: torch.Tensor | None = None, x_T: torch.Tensor | None = None,
+        callback: Callable | None = None, progress: bool = True, return_latents: bool = False,
+        latent_size: int | tuple[int, int] | None = None, hole_mask: torch.Tensor | None = None, jump_length: int = 0,
+        jump_n_sample: int = 1, decode_tile: int | None = None, timestep_spacing: str = "uniform", **sampler_kwargs,
     ):
         """Generate images: sample latents with a sampler, then decode them. Returns ``(B, 3, H, W)`` in [-1, 1].
 
-        Conditioning, two ways (give at most one):
+        Conditioning (at most one): ``cond``, the *raw* condition (labels, token ids, captions ...), passed through
+        :meth:`get_learned_conditioning`; or ``c``, an *already learned* one (computed once and reused, or edited by
+        hand). A condition of batch size 1 is repeated to ``num_samples``; without either, a conditional model
+        samples with its unconditional conditioning. ``guidance_scale != 1`` applies classifier-free guidance
+        against ``unconditional_conditioning`` (default :meth:`get_unconditional_conditioning`).
 
-        * ``cond``: the *raw* condition (labels, token ids, captions for a text encoder ...), passed
-          through :meth:`get_learned_conditioning`;
-        * ``c``: an *already learned* conditioning (the output of ``get_learned_conditioning``), e.g.
-          computed once and reused, or edited by hand.
+        Size: ``shape = (B, c, h, w)`` of the latents, or ``num_samples`` with ``latent_size`` (default: the training
+        latent size, or a concat condition's); a larger one samples beyond the training resolution (Sec. 4.3.2).
+        ``keep_mask`` (1 = known, kept) or ``hole_mask`` (1 = generated) with ``x0``: keep a known region --
+        training-free inpainting (``jump_length`` / ``jump_n_sample`` add RePaint's resampling); ``x0`` an image
+        (encoded) or a latent, the mask at either size (:func:`~ldm_lite.checks.known_region`). ``sampler``: a name
+        (``"ddim"``, ``"plms"``, ``"dpm"``, ``"ddpm"``) or a :class:`Sampler`; extra keyword arguments go to its
+        constructor. ``timestep_spacing``: ``"uniform"`` (= ``"leading"``, CompVis / SD: 5 steps start at t = 801),
+        ``"trailing"`` (starts at t = T - 1) or ``"quadratic"``. ``decode_tile``: decode in overlapping tiles of this
+        side (large canvases). ``return_latents=True`` returns ``(images, latents)``.
 
-        A conditioning with batch size 1 is repeated to ``num_samples``. Without either, a conditional
-        model samples with its unconditional conditioning. ``guidance_scale != 1`` applies classifier-free
-        guidance against ``unconditional_conditioning`` (default :meth:`get_unconditional_conditioning`).
-
-        Size: ``shape = (B, c, h, w)`` of the latents, or ``num_samples`` with ``latent_size`` (default:
-        the training latent size). A larger ``latent_size`` samples beyond the training resolution (the
-        UNet is convolutional; Sec. 4.3.2). ``keep_mask`` (1 = known, kept) or ``hole_mask`` (1 = generated) with
-        ``x0``: keep a known region -- training-free inpainting (chapter 05's blending; ``jump_length`` /
-        ``jump_n_sample`` add RePaint's resampling); ``x0`` may be an image (it is encoded) or a latent, the mask
-        at the latent size or the image size (then a latent position is kept only where all its f x f pixels
-        are known); a 2-D ``(H, W)`` mask is broadcast over the batch, and one ``x0`` over ``num_samples``.
-        ``sampler``: a name (``"ddim"``,
-        ``"plms"``, ``"dpm"``, ``"ddpm"``) or a :class:`Sampler`; extra keyword arguments go to its constructor.
-        ``decode_tile``: decode the latents in overlapping tiles of this side (large canvases, chapter 07).
-        ``timestep_spacing``: which timesteps a ``steps``-step run visits -- ``"uniform"`` (= ``"leading"``,
-        CompVis / Stable Diffusion: a 5-step run starts at t = 801), ``"trailing"`` (starts at t = T - 1, Lin et
-        al. 2024) or ``"quadratic"`` (:func:`~ldm_lite.diffusion.schedule.make_ddim_timesteps`).
-
-        ``return_latents=True`` returns ``(images, latents)``.
-
-        Checked once, before sampling: ``sampler`` a known name or a :class:`Sampler`; ``guidance_scale`` finite
-        and ``>= 0`` (1 = no guidance, 0 = the unconditional model, ``0 < s < 1`` interpolates towards it, ``> 1``
-        is the usual guidance -- Ho & Salimans' ``out_u + s (out_c - out_u)``), and ``!= 1`` only for a conditional
-        model with a null condition; ``eta`` finite in [0, 1]; ``scale_factor`` finite and > 0; ``x_T`` finite;
-        class labels of an ``"adm"`` model in range; ``x0`` and its mask in the shapes above, an image ``x0`` finite
-        and in [-1, 1] (0..255 values raise; an image with every value >= 0 warns: [0, 1] images convert with
-        ``x * 2 - 1``, but a bright [-1, 1] image can be all >= 0 too). If the decoded images contain NaN / inf, a
-        ``FloatingPointError`` is raised instead of returning them.
+        Every argument is checked once, here, by :mod:`ldm_lite.checks` (one valid range per value; nothing in the
+        loop checks again): ``guidance_scale >= 0`` (1 = none, 0 = the unconditional model, ``> 1`` the usual
+        ``out_u + s (out_c - out_u)``), ``eta`` in [0, 1], finite ``x_T``, labels, masks, an image ``x0`` in [-1, 1].
+        Decoded images with NaN / inf raise a ``FloatingPointError`` instead of being returned.
         """
-        # ---- arguments, checked once here (nothing is checked inside the sampling loop)
-        if not isinstance(sampler, (str, Sampler)):
-            raise TypeError(f"sampler must be a name, one of {', '.join(SAMPLERS)}, or a Sampler instance, got "
-                            f"{sampler!r}; pass e.g. sampler='ddim'")
-        if isinstance(sampler, str) and sampler.lower() not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
-        guidance_scale = check_guidance_scale(guidance_scale)
-        eta = check_eta(eta)
-        check_scale_factor(self.scale_factor, " of this model")
-        if x_T is not None:
-            check_finite("x_T (the starting noise)", x_T,
-                         "Pass finite noise, e.g. torch.randn(shape, generator=g), or omit x_T to draw it from generator.")
-        if cond is not None and c is not None:
-            raise ValueError("give the raw condition (cond=...) or the learned one (c=...), not both")
-        if (cond is not None or c is not None) and self.conditioning_key is None:
-            raise ValueError("this model is unconditional (conditioning_key=None); sample without cond / c")
-        if guidance_scale != 1.0 and self.conditioning_key is None:
-            raise ValueError(f"guidance_scale={guidance_scale:g} needs a conditional model; this one is unconditional "
-                             "(conditioning_key=None), so guidance would do nothing: sample with guidance_scale=1")
-        if c is None and cond is not None:
-            c = self.get_learned_conditioning(cond)
-        elif c is not None and self.conditioning_key == "adm":
-            parts = as_condition(c, "adm")
-            if parts.get("y") is not None:
-                self._check_labels(parts["y"], what="class labels y of c")
-        # ---- batch size and latent shape
-        if shape is not None:
-            shape = tuple(int(s) for s in shape)
-            if len(shape) != 4:
-                raise ValueError(f"shape must be the latent shape (B, c, h, w), got {shape}")
-            b = shape[0]
-            if num_samples is not None and num_samples != b:
-                raise ValueError(f"num_samples={num_samples} disagrees with shape[0]={b}")
-        else:
-            if num_samples is None:
-                if c is None:
-                    raise ValueError("pass num_samples (or shape=(B, c, h, w), or a batched condition)")
-                num_samples = batch_size_of(as_condition(c, self.conditioning_key))
-            b = int(num_samples)
-            size = latent_size if latent_size is not None else self.latent_size
-            concat = as_condition(c, self.conditioning_key).get("c_concat") if c is not None else None
-            if latent_size is None and concat is not None:
-                size = tuple(concat.shape[-2:])  # a spatial condition fixes the canvas (2x condition, 2x canvas)
-            if size is None:
-                raise ValueError("the latent size is unknown (no image_size and no training yet): pass latent_size=(h, w)")
-            h, w = self._pair(size)
-            shape = (b, self.latent_channels, h, w)
-        if c is not None:
-            c = expand_batch(as_condition(c, self.conditioning_key), b)
-        elif self.conditioning_key is not None:
-            if self.conditioning_key == "adm" and self.unconditional_value is None:
-                raise ValueError("this class-conditional model has no null class: pass cond=<labels (B,)>")
-            c = self.get_unconditional_conditioning(b, latent_size=shape[-2:])
-            if guidance_scale != 1.0:
-                raise ValueError("guidance_scale != 1 needs a condition (cond=... or c=...) to guide towards")
-        uc = None
-        if guidance_scale != 1.0 and self.conditioning_key is not None:
-            uc = unconditional_conditioning
-            if uc is None:
-                uc = self.get_unconditional_conditioning(b, like=c, latent_size=shape[-2:])
-            uc = expand_batch(as_condition(uc, self.conditioning_key), b)
-        # ---- a known region (inpainting / keeping x0)
-        mask, x0 = self._known_region(x0, keep_mask, hole_mask, shape)
-        # ---- sample
         if isinstance(sampler, str):
             sampler_kwargs.setdefault("clip_denoised", self.pixel_space and float(self.scale_factor) == 1.0)
-            sampler = make_sampler(sampler, self.schedule, self.parameterization, **sampler_kwargs)
-        elif sampler_kwargs:
-            raise ValueError(f"sampler options {sorted(sampler_kwargs)} only apply when sampler is a name")
+        sampler = make_sampler(sampler, self.schedule, self.parameterization, **sampler_kwargs)
+        guidance_scale, eta = check_guidance_scale(guidance_scale), check_eta(eta)
+        check_scale_factor(self.scale_factor, " of this model")
+        # 1. condition: the learned condition, the latent shape and the null condition of guidance
+        c, uc, shape = self._sampling_condition(cond, c, unconditional_conditioning, guidance_scale, num_samples,
+                                                shape, latent_size)
+        if x_T is not None:
+            check_start_noise(x_T, shape)
+        # 2. known region: the keep mask and x0 at the latent size (an image x0 is encoded)
+        mask, x0 = known_region(x0, keep_mask, hole_mask, shape, f=self.f, device=self.device,
+                                encode=None if self.pixel_space else self.encode_first_stage,
+                                image_range=self.pixel_space and float(self.scale_factor) == 1.0)
+        # 3. sampler: the latents, in eval mode
         was_training = self.training
         self.eval()
         try:
-            z = sampler.sample(
+            z = sampler.run(
                 lambda x, t, cc: self.apply_model(x, t, cc), shape, steps, conditioning=c,
                 unconditional_conditioning=uc, guidance_scale=guidance_scale, eta=eta, x_T=x_T, keep_mask=mask,
                 x0=x0, generator=generator, callback=callback, progress=progress, device=self.device,
                 jump_length=jump_length, jump_n_sample=jump_n_sample, timestep_spacing=timestep_spacing,
             )
+            # 4. decode: images in [-1, 1], never NaN
             images = self.decode_first_stage(z, tile=decode_tile)
         finally:
             self.train(was_training)
-        self._check_finite_sample(z, images, guidance_scale)
+        check_finite_sample(z, images, guidance_scale)
         images = images.clamp(-1.0, 1.0)
         return (images, z) if return_latents else images
 
-    def _known_region(self, x0, keep_mask, hole_mask, shape) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """:meth:`sample`'s known region, checked where it enters: returns ``(keep mask, x0)`` at the latent size
-        (``x0`` encoded when it is an image), or ``(None, None)`` without one.
-
-        Accepted shapes: ``x0`` ``(B, C, H, W)`` or one ``(C, H, W)``, an image at the model's image size (encoded;
-        values in [-1, 1], checked by :func:`~ldm_lite.data.spatial.check_image_range`) or a latent at the latent
-        size, with ``B`` = 1 (used for every sample) or ``num_samples``. The mask: ``(H, W)``, ``(1, H, W)``,
-        ``(B, H, W)`` or ``(1 or B, C, H, W)``, at the image size (``C`` = 1, or 3: a pixel is then known only where
-        all its channels are) or at the latent size (``C`` = 1 or the latent channels). A 2-D mask -- what a
-        greyscale mask file reads as -- is broadcast over the batch and channels rather than refused. Anything
-        else is a ``ValueError`` naming the argument and the fix.
-        """
-        has_mask = keep_mask is not None or hole_mask is not None
-        if x0 is None and not has_mask:
-            return None, None
-        if x0 is None:
-            raise ValueError("a mask was given without x0: pass x0 (the known image or latent) together with "
-                             "keep_mask (1 = keep x0 there) or hole_mask (1 = generate there)")
-        if not has_mask:
-            raise ValueError("x0 given without a mask: pass keep_mask (1 = keep x0 there) or hole_mask (1 = generate "
-                             "there); to start from a noised x0 instead (img2img), pass x_T=schedule.q_sample(x0, "
-                             "t_start) and fewer steps")
-        name = "keep_mask" if keep_mask is not None else "hole_mask"
-        mask = keep_mask_from(keep_mask, hole_mask).to(self.device)  # exactly one, binary
-        if not torch.is_tensor(x0):
-            raise TypeError(f"x0 must be a tensor (B, C, H, W): the known image in [-1, 1] or its latent; got "
-                            f"{type(x0).__name__}")
-        x0 = x0.to(self.device).float()
-        b, zc, h, w = shape
-        f = self.f
-        big_h, big_w = h * f, w * f
-        if x0.ndim == 3:
-            x0 = x0[None]
-        if x0.ndim != 4:
-            raise ValueError(f"x0 must be an image or latent batch (B, C, H, W), or one (C, H, W); got shape "
-                             f"{tuple(x0.shape)}")
-        if x0.shape[0] not in (1, b):
-            raise ValueError(f"x0 holds {x0.shape[0]} images but num_samples={b}; give one x0 (used for every sample) "
-                             f"or one per sample")
-        xh, xw = x0.shape[-2:]
-        image = not self.pixel_space and f > 1 and (xh, xw) == (big_h, big_w)
-        if not image and (xh, xw) != (h, w):
-            canvas = (f"latent_size=({xh // f}, {xw // f})" if xh % f == 0 and xw % f == 0
-                      else f"a size divisible by f={f}")
-            at = f"{big_h}x{big_w} (or its {h}x{w} latent)" if f > 1 else f"{h}x{w}"
-            raise ValueError(f"x0 is {xh}x{xw} but this model samples {big_h}x{big_w} images"
-                             + (f" ({h}x{w} latents)" if f > 1 else "")
-                             + f"; pass x0 at {at}, or sample a canvas of x0's size with {canvas}")
-        if not image and x0.shape[1] != zc:
-            encode = "" if self.pixel_space else f"; pass the image at {big_h}x{big_w} to have it encoded"
-            raise ValueError(f"x0 at the latent size {h}x{w} must have {zc} channels (a latent of this model); got "
-                             f"{x0.shape[1]}{encode}")
-        if image or (self.pixel_space and float(self.scale_factor) == 1.0):
-            # an image in [-1, 1] (a latent has no fixed range); the warning points at the caller of sample
-            check_image_range(x0, "x0", stacklevel=5)
-        # the mask: (H, W) / (1 or B, H, W) / (1 or B, C, H, W) -> 4-D
-        if mask.ndim == 2:
-            mask = mask[None, None]
-        elif mask.ndim == 3:
-            mask = mask[:, None] if mask.shape[0] == b and b != 1 else mask[None]
-        elif mask.ndim != 4:
-            raise ValueError(f"{name} must be (H, W), (B, H, W) or (B, 1, H, W); got shape {tuple(mask.shape)}")
-        if mask.shape[0] not in (1, b):
-            raise ValueError(f"{name} holds {mask.shape[0]} masks but num_samples={b}; give one mask (1, 1, H, W) "
-                             f"for every sample or one per sample (num_samples, 1, H, W) = ({b}, 1, H, W)")
-        mh, mw = mask.shape[-2:]
-        at_latent = (mh, mw) == (h, w)
-        if at_latent and mask.shape[1] not in (1, zc):
-            raise ValueError(f"{name} at the latent size {h}x{w} must have 1 channel (or {zc}, one per latent "
-                             f"channel); got {mask.shape[1]}")
-        if not at_latent:
-            if (mh, mw) != (big_h, big_w):
-                raise ValueError(f"{name} is {mh}x{mw}, but matches neither the image size {big_h}x{big_w} nor the "
-                                 f"latent size {h}x{w} of this sample; give a mask of x0's height and width")
-            if mask.shape[1] not in (1, 3):
-                raise ValueError(f"{name} at the image size {big_h}x{big_w} must have 1 channel (or 3, one per colour "
-                                 f"channel); got {mask.shape[1]} channels")
-            if mask.shape[1] == 3:  # a pixel is known only where all its channels are
-                mask = mask.amin(1, keepdim=True)
-        if image:
-            # the hole's pixels must never reach the encoder: its receptive field would carry them into
-            # the "known" latents around the hole (an unfair advantage, and wrong for object removal)
-            pixel_keep = mask if not at_latent else F.interpolate(
-                mask if mask.shape[1] == 1 else mask.amin(1, keepdim=True), size=(xh, xw), mode="nearest")
-            x0 = self.encode_first_stage(x0 * pixel_keep)
-        if not at_latent:
-            mask = -F.max_pool2d(-mask, f)  # min-pool: keep only fully known latent positions
-        if x0.shape[0] != b:
-            x0 = x0.expand(b, -1, -1, -1).contiguous()
-        return mask, x0
-
-    @staticmethod
-    def _check_finite_sample(z: torch.Tensor, images: torch.Tensor, guidance_scale: float) -> None:
-        """Never hand out an image made of NaN / inf (it would be written as a black PNG)."""
-        if bool(torch.isfinite(images).all()):
-            return
-        n_bad_z = int((~torch.isfinite(z)).sum())
-        n_bad = int((~torch.isfinite(images)).sum())
-        where = (f"{n_bad_z} of {z.numel()} latent values" if n_bad_z else
-                 f"{n_bad} of {images.numel()} decoded pixel values (the latents were finite)")
-        cause = ("a corrupt or diverged checkpoint: check torch.isfinite on the UNet's and the autoencoder's "
-                 "parameters (and scale_factor)")
-        if guidance_scale != 1:
-            cause += (f", or guidance_scale={guidance_scale:g} too large for this model (retry with guidance_scale=1 "
-                      "to tell them apart)")
-        raise FloatingPointError(f"sampling produced NaN / inf: {where}; no image is returned. Likely cause: {cause}")
+    def _sampling_condition(self, cond, c, uc, guidance_scale: float, num_samples, shape, latent_size):
+        """Step 1 of :meth:`sample`: the learned condition ``c`` (from ``cond``, or given), the latent ``shape`` and
+        the null condition ``uc`` of guidance (``None`` without guidance), each checked once, here."""
+        key = self.conditioning_key
+        check_sample_condition(cond, c, key, guidance_scale)
+        c = self.get_learned_conditioning(cond) if cond is not None else Condition.of(c, key)
+        if cond is None and key == "adm" and c is not None and c.y is not None:
+            self._check_labels(c.y, what="class labels y of c")
+        size = latent_size if latent_size is not None else self.latent_size
+        if latent_size is None and c is not None and c.concat is not None:
+            size = tuple(c.concat.shape[-2:])  # a spatial condition fixes the canvas (2x condition, 2x canvas)
+        shape = latent_shape(shape, num_samples, self.latent_channels, None if c is None else c.batch_size, size)
+        b = shape[0]
+        if c is None and key is not None:
+            if key == "adm" and self.unconditional_value is None:
+                raise ValueError("this class-conditional model has no null class: pass cond=<labels (B,)>")
+            if guidance_scale != 1.0:
+                raise ValueError("guidance_scale != 1 needs a condition (cond=... or c=...) to guide towards")
+            c = self.get_unconditional_conditioning(b, latent_size=shape[-2:])
+        c = self._check_condition(None if c is None else c.expand(b), shape)
+        if guidance_scale == 1.0:
+            return c, None, shape
+        if uc is None:
+            uc = self.get_unconditional_conditioning(b, like=c, latent_size=shape[-2:])
+        return c, self._check_condition(Condition.of(uc, key).expand(b), shape, complete=False), shape
 
     def extra_repr(self) -> str:
         return (f"conditioning_key={self.conditioning_key!r}, parameterization={self.parameterization!r}, "
                 f"f={self.f}, scale_factor={float(self.scale_factor):.5g}, cond_drop_prob={self.cond_drop_prob}")
+
+
+def _setting_property(name: str) -> property:
+    def get(self):
+        return self.config.get(name)
+    get.__doc__ = f"``config``'s setting ``{name}``."
+    return property(get)
+
+
+# every setting of the config reads as an attribute: model.cond_drop_prob is model.config.conditioning.cond_drop_prob
+for _name in LDMConfig.settings():
+    if not hasattr(LatentDiffusion, _name) and _name not in ("unet", "name", "autoencoder", "schedule", "scale_factor", "cond_stage",
+                                                              "image_size"):
+        setattr(LatentDiffusion, _name, _setting_property(_name))

@@ -26,8 +26,6 @@ import torch
 from safetensors.torch import save_file
 
 from ldm_lite.autoencoder.model import AutoencoderConfig, build_autoencoder
-from ldm_lite.conditioning import build_cond_stage
-from ldm_lite.diffusion import NoiseSchedule
 from ldm_lite.exports import (  # reading an export; every name stays importable from here
     PRETRAINED_DIR,
     CorruptCheckpointError,
@@ -40,7 +38,8 @@ from ldm_lite.exports import (  # reading an export; every name stays importable
 )
 from ldm_lite.io import atomic_write, check_writable_dir, sha256_file, shown_path
 from ldm_lite.ldm import LatentDiffusion
-from ldm_lite.unet import UNetModel
+from ldm_lite.ldm_config import FirstStageConfig, LDMConfig, ObjectiveConfig, ScheduleConfig
+from ldm_lite.unet import UNetConfig
 
 
 class ExistingExportError(FileExistsError):
@@ -162,10 +161,11 @@ def _expected_first_stage(manifest: dict) -> dict:
     """f and latent channels an LDM manifest expects of its first stage: recorded at export, else implied by
     its ``ldm`` section (``image_size / latent_size``, ``latent_channels``) and the UNet's ``out_channels``."""
     ldm = manifest.get("ldm") or {}
-    f = manifest.get("first_stage_f")
+    described = (manifest.get("config") or {}).get("first_stage") or {}
+    f = manifest.get("first_stage_f") or described.get("f")
     if f is None and ldm.get("image_size") and ldm.get("latent_size"):
         f = int(ldm["image_size"]) // int(ldm["latent_size"][0])
-    channels = manifest.get("first_stage_channels")
+    channels = manifest.get("first_stage_channels") or described.get("latent_channels")
     if channels is None:
         channels = ldm.get("latent_channels") or (manifest.get("unet_config") or {}).get("out_channels")
     return dict(f=f, channels=channels, sha256=manifest.get("first_stage_sha256"))
@@ -274,14 +274,63 @@ def set_first_stage(ldm, autoencoder, force: bool = False) -> dict:
     return new
 
 
+def ldm_manifest(model, first_stage: str | None, record: dict | None = None) -> dict:
+    """The model part of an LDM export's manifest: ``kind``, the first stage it decodes with (``first_stage``: a
+    shipped name, a path, ``"pixel"``, or ``None`` for a module that was not exported) with its f, latent channels
+    and weights' sha256 (``record``: as measured when training started; default: measured now), and ``config``,
+    the model's :class:`~ldm_lite.ldm_config.LDMConfig` with the estimated scale factor. :func:`load_ldm` reads it.
+    """
+    if record is None:
+        record = first_stage_record(first_stage) if first_stage not in (None, "pixel") else {}
+    config = model.export_config()
+    # the manifest's "first_stage" is the one link to the autoencoder's files; the config keeps its architecture
+    config = config.replace(name="pixel" if model.pixel_space else None)
+    return dict(kind="ldm", first_stage=first_stage, **record, config=config.to_dict())
+
+
+def export_ldm(model, export: str | os.PathLike, first_stage: str | None, extra: dict | None = None,
+               force: bool = False, record: dict | None = None) -> Path:
+    """Export ``model`` (a ``LatentDiffusion``): the UNet, a trainable cond stage and the scale factor as float16
+    safetensors, and a manifest (:func:`ldm_manifest` + ``extra``: data, command, metrics ...). ``first_stage``
+    names the autoencoder's own export (or ``"pixel"``); :func:`load_ldm` rebuilds the model from the two."""
+    manifest = dict(ldm_manifest(model, first_stage, record), **(extra or {}))
+    return save_pretrained(ldm_export_module(model), export_target(export), manifest, force=force)
+
+
+def ldm_config_of(manifest: dict) -> LDMConfig:
+    """The :class:`~ldm_lite.ldm_config.LDMConfig` of an LDM manifest: its ``config``, or -- for an export written
+    before manifests stored one -- rebuilt from the ``ldm``, ``unet_config``, ``schedule`` and ``cond_stage`` entries
+    such an export has."""
+    if "config" in manifest:
+        return LDMConfig.from_dict(manifest["config"])
+    ldm, info = manifest["ldm"], manifest.get("cond_stage")
+    sched = dict(manifest["schedule"])
+    want = _expected_first_stage(manifest)
+    pixel = manifest.get("first_stage") == "pixel"
+    unet = UNetConfig(**manifest["unet_config"])
+    cs = None if info is None else (info.get("config") or {"class": info.get("cls")})
+    return LDMConfig(
+        unet=unet,
+        first_stage=FirstStageConfig(name="pixel" if pixel else None, posterior=ldm.get("posterior", "mode"),
+                                     latent_channels=want["channels"] or unet.out_channels, f=int(want["f"] or 1)),
+        conditioning=dict(conditioning_key=ldm.get("conditioning_key"), cond_key=ldm.get("cond_key"), cond_stage=cs,
+                          cond_stage_trainable=bool(info and info.get("trainable")),
+                          unconditional_value=ldm.get("unconditional_value"),
+                          cond_drop_prob=ldm.get("cond_drop_prob") or 0.0),
+        schedule=ScheduleConfig(schedule=sched.pop("schedule"), timesteps=sched.pop("n_timestep"), **sched),
+        objective=ObjectiveConfig(parameterization=ldm.get("parameterization", "eps")),
+        scale_factor=ldm["scale_factor"], image_size=ldm.get("image_size"),
+    )
+
+
 def load_ldm(name_or_path, device="cpu", first_stage=None, cond_stage=None):
     """Rebuild an exported :class:`~ldm_lite.ldm.LatentDiffusion` (manifest ``kind="ldm"``) in eval mode.
 
-    The UNet comes from the manifest's ``unet_config``, the weights (UNet, trainable cond stage) from
-    the safetensors file, ``scale_factor`` from the manifest (exact; the float16 weights round it), and
-    the first stage from the checkpoint the manifest names (shipped name, or a path relative to the
-    manifest) -- or ``"pixel"``. ``first_stage`` / ``cond_stage`` pass modules instead, e.g. a frozen
-    pre-trained text encoder, which is recorded by class name but not exported.
+    The model comes from the manifest's ``config`` (:func:`ldm_config_of`), the weights (UNet, trainable cond
+    stage) from the safetensors file, ``scale_factor`` from the config (exact; the float16 weights round it), and
+    the first stage from the checkpoint the manifest names (shipped name, or a path relative to the manifest) --
+    or ``"pixel"``. ``first_stage`` / ``cond_stage`` pass modules instead, e.g. a frozen pre-trained text encoder,
+    which is recorded by class name but not exported.
     """
     base = resolve(name_or_path)
     manifest = load_manifest(base)
@@ -300,33 +349,23 @@ def load_ldm(name_or_path, device="cpu", first_stage=None, cond_stage=None):
     elif first_stage is None and manifest.get("first_stage") is None:
         raise ValueError(f"{name_or_path!r} was trained on an in-memory first stage that was not exported; "
                          "pass first_stage=<the autoencoder>")
-    info = manifest.get("cond_stage")
-    if info is not None and cond_stage is None and info.get("config"):
-        cond_stage = build_cond_stage(info["config"])
-    if info is not None and cond_stage is None:
+    config = ldm_config_of(manifest)
+    cs = config.conditioning.cond_stage
+    if cs is not None and cond_stage is None and "type" not in cs:
         raise ValueError(
-            f"{name_or_path!r} uses a cond stage ({info.get('cls')}); build it as in training and pass "
+            f"{name_or_path!r} uses a cond stage ({cs.get('class')}); build it as in training and pass "
             "cond_stage=... (its weights are loaded from the checkpoint when it was trained)"
         )
-    ldm_cfg = manifest["ldm"]
-    unet = UNetModel.from_config(manifest["unet_config"])
-    sched = dict(manifest["schedule"])
-    schedule = NoiseSchedule.from_name(sched.pop("schedule"), sched.pop("n_timestep"), **sched)
-    uv = ldm_cfg.get("unconditional_value")
-    if isinstance(uv, list):  # a tensor (an empty layout ...) stored as nested lists
-        uv = torch.tensor(uv)
-    model = LatentDiffusion(
-        first_stage, unet, cond_stage, conditioning_key=ldm_cfg.get("conditioning_key"),
-        cond_key=ldm_cfg.get("cond_key"), cond_stage_trainable=bool(info and info.get("trainable")),
-        schedule=schedule, parameterization=ldm_cfg.get("parameterization", "eps"),
-        posterior=ldm_cfg.get("posterior", "mode"), unconditional_value=uv,
-        image_size=ldm_cfg.get("image_size"),
-    )
+    if first_stage is not None and isinstance(getattr(first_stage, "config", None), AutoencoderConfig):
+        # the autoencoder decoding now (a decoder fine-tune may have replaced the one trained with)
+        config = config.replace(autoencoder=first_stage.config)
+    model = LatentDiffusion.from_config(config, first_stage=first_stage, cond_stage=cond_stage)
     load_ldm_weights(model, load_state_dict(base))
     with torch.no_grad():
-        model.scale_factor.fill_(float(ldm_cfg["scale_factor"]))
-    if ldm_cfg.get("latent_size"):
-        model.latent_size = tuple(ldm_cfg["latent_size"])
+        model.scale_factor.fill_(float(config.scale_factor))
+    latent = (manifest.get("ldm") or {}).get("latent_size")
+    if model.latent_size is None and latent:  # an old export trained without an image size
+        model.latent_size = tuple(latent)
     return model.to(device).eval()
 
 

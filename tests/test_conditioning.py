@@ -106,12 +106,12 @@ def test_cond_drop_rate_and_null_condition():
     labels = torch.randint(0, 4, (4000,))
     c = ldm.get_condition({"label": labels})
     null = emb(torch.tensor([4]))[0][0]
-    dropped = (c["c_crossattn"] if isinstance(c, dict) else c)[:, 0].eq(null[0]).all(-1)
+    dropped = c["c_crossattn"][:, 0].eq(null[0]).all(-1)
     rate = float(dropped.float().mean())
     assert abs(rate - 0.25) < 4 * math.sqrt(0.25 * 0.75 / 4000), rate
     ldm.eval()
     c_eval = ldm.get_condition({"label": labels[:64]})
-    kept = (c_eval["c_crossattn"] if isinstance(c_eval, dict) else c_eval)[:, 0]
+    kept = c_eval["c_crossattn"][:, 0]
     torch.testing.assert_close(kept, emb(labels[:64])[0][:, 0])  # no dropout outside training
 
 

@@ -133,7 +133,7 @@ def test_shipped_ldm_reproduces_its_manifest(name):
 
     exported = ldm_export_module(model).state_dict().values()
     assert sum(v.numel() for v in exported if v.is_floating_point()) == man["parameters"]  # as save_pretrained counts
-    assert float(model.scale_factor) == pytest.approx(man["ldm"]["scale_factor"], rel=1e-3)
+    assert float(model.scale_factor) == pytest.approx(man["config"]["scale_factor"], rel=1e-3)
     from ldm_lite.experiments import recipe_test_set
 
     rec = man["recipe"]

@@ -36,7 +36,7 @@ def test_shipped_model_outputs_are_unchanged(kind, name):
     for key, arr in out.items():
         full = f"{name}/{key}"
         assert list(arr.shape) == META["shapes"][full], full
-        if SAME_MACHINE:
+        if SAME_MACHINE and full in META["sha256"]:  # (a value re-recorded on another machine has no sha256)
             assert g.sha(arr) == META["sha256"][full], f"{full} changed (not bit-identical to the record)"
         else:
             np.testing.assert_allclose(arr, STORED[full].astype(np.float32), rtol=2e-3, atol=2e-3, err_msg=full)

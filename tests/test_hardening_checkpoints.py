@@ -252,8 +252,10 @@ def test_ldm_export_records_and_checks_its_first_stage(tiny_ldm, tmp_path, monke
 def test_shipped_ldm_manifests_record_their_first_stage(name):
     man = load_manifest(name)
     fs = load_manifest(man["first_stage"])
-    assert man["first_stage_f"] == fs["config"]["f"] == man["ldm"]["image_size"] // man["ldm"]["latent_size"][0]
-    assert man["first_stage_channels"] == fs["config"]["embed_dim"] == man["unet_config"]["out_channels"]
+    cfg = man["config"]
+    assert man["first_stage_f"] == fs["config"]["f"] == cfg["first_stage"]["f"] == cfg["first_stage"]["autoencoder"]["f"]
+    assert (man["first_stage_channels"] == fs["config"]["embed_dim"] == cfg["unet"]["out_channels"]
+            == cfg["first_stage"]["latent_channels"])
     from ldm_lite.pretrained import _decoder_fine_tune_of
 
     assert (man["first_stage_sha256"] == sha256_file(PRETRAINED_DIR / fs["weights"])

@@ -19,22 +19,26 @@ PACKAGE = Path(__file__).resolve().parent.parent / "ldm_lite"
 
 # Lowest first; a unit may import only units of lower layers (and itself):
 #   0  config, io, notices, progress           plumbing: devices and seeds, atomic files, one-time notices, bars
+#      checks                                  the shared checks of values entering the package (torch only)
 #   1  data, latents, train                    the offline datasets (and their registry); cached latents; the Trainer
 #   2  exports                                 an exported checkpoint on disk: safetensors + JSON manifest
 #   3  metrics                                 numbers from tensors and features (PSNR ... FID), shipped evaluators
 #   4  autoencoder, unet, diffusion,           the paper's parts, independent of each other
 #      conditioning
-#   5  ldm                                     the latent diffusion model (Sec. 3-4)
-#   6  pretrained, convert                     shipped models rebuilt from their exports; diffusers converters
-#   7  experiments, viz, notebook_exec         training recipes; plotting; running notebooks
-#   8  evaluator_training, interactive         recipes for the evaluators; notebook widgets
-#   9  cli                                     the command line
+#   5  ldm_config                              LDMConfig: every setting of a latent diffusion model, checked once
+#   6  ldm                                     the latent diffusion model (Sec. 3-4)
+#   7  pretrained                              shipped models rebuilt from their exports
+#   8  convert, experiments, viz,              CompVis / diffusers converters; training recipes; plotting; running
+#      notebook_exec                           notebooks
+#   9  evaluator_training, interactive         recipes for the evaluators; notebook widgets
+#  10  cli                                     the command line
 LAYERS = {
     "ldm_lite": 0,  # the package's __init__: re-exports device and seeds from config (its one import)
     "ldm_lite.config": 0,
     "ldm_lite.io": 0,
     "ldm_lite.notices": 0,
     "ldm_lite.progress": 0,
+    "ldm_lite.checks": 0,
     "ldm_lite.data": 1,
     "ldm_lite.latents": 1,
     "ldm_lite.train": 1,
@@ -44,15 +48,16 @@ LAYERS = {
     "ldm_lite.unet": 4,
     "ldm_lite.diffusion": 4,
     "ldm_lite.conditioning": 4,
-    "ldm_lite.ldm": 5,
-    "ldm_lite.pretrained": 6,
-    "ldm_lite.convert": 6,
-    "ldm_lite.experiments": 7,
-    "ldm_lite.viz": 7,
-    "ldm_lite.notebook_exec": 7,
-    "ldm_lite.evaluator_training": 8,
-    "ldm_lite.interactive": 8,
-    "ldm_lite.cli": 9,
+    "ldm_lite.ldm_config": 5,
+    "ldm_lite.ldm": 6,
+    "ldm_lite.pretrained": 7,
+    "ldm_lite.convert": 8,
+    "ldm_lite.experiments": 8,
+    "ldm_lite.viz": 8,
+    "ldm_lite.notebook_exec": 8,
+    "ldm_lite.evaluator_training": 9,
+    "ldm_lite.interactive": 9,
+    "ldm_lite.cli": 10,
 }
 
 # Package-internal imports allowed inside a function: (importing module, imported module) -> reason.

@@ -345,7 +345,7 @@ def test_train_ldm_exports_a_loadable_checkpoint(tmp_path):
                     command="test")
     man = load_manifest(tmp_path / "tiny_ldm")
     assert man["kind"] == "ldm" and man["first_stage"] == "tiny_ldm_first_stage" and man["steps"] == 2
-    assert man["ldm"]["scale_factor"] == pytest.approx(out["scale_factor"]) and out["scale_factor"] != 1.0
+    assert man["config"]["scale_factor"] == pytest.approx(out["scale_factor"]) and out["scale_factor"] != 1.0
     assert "val_loss" in man["metrics"] and out["history"][-1]["step"] == 2
     loaded = load_ldm(tmp_path / "tiny_ldm")
     assert float(loaded.scale_factor) == pytest.approx(out["scale_factor"])
@@ -374,7 +374,7 @@ def test_cli_train_ldm_and_sample(tmp_path, capsys):
     man = json.loads((tmp_path / "cli_ldm.json").read_text())
     assert man["recipe"]["lr_schedule"] == "cosine"  # the flag reaches the Trainer ...
     assert man["final_train_logs"]["lr/ldm"] < 1e-3  # ... and the learning rate has decayed
-    assert man["first_stage"] == "pixel" and man["ldm"]["scale_factor"] == 1.0
+    assert man["first_stage"] == "pixel" and man["config"]["scale_factor"] == 1.0
     assert man["command"].startswith("ldm-lite train-ldm")
     png = tmp_path / "grid.png"
     cli.main(["sample", "--model", str(tmp_path / "cli_ldm"), "--n", "2", "--steps", "2", "--out", str(png)])

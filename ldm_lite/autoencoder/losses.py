@@ -32,6 +32,7 @@ autoencoder step, and the discriminator step returns an exact 0).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -39,8 +40,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ldm_lite.autoencoder.perceptual import PerceptualLoss, get_perceptual_loss
+from ldm_lite.config import setting
 
 __all__ = [
+    "AELossConfig",
     "ActNorm",
     "LPIPSWithDiscriminator",
     "NLayerDiscriminator",
@@ -605,3 +608,23 @@ class VQLPIPSWithDiscriminator(_PerceptualGANLoss):
             f"{split}/g_loss": g_loss.detach(),
         }
         return loss, log
+
+
+@dataclass
+class AELossConfig:
+    """The first-stage loss's settings (Sec. 3.1): reconstruction + perceptual + regulariser + PatchGAN."""
+
+    kl_weight: float = setting(1e-6, "--reg kl: weight of the KL term", type="non-negative")
+    codebook_weight: float = setting(1.0, "--reg vq: weight of the codebook + commitment loss", type="non-negative")
+    perceptual_weight: float = setting(1.0, "weight of the perceptual loss (0: off)", type="non-negative")
+    perceptual: str = setting("auto", "auto | lpips | random-vgg | none (needs --perceptual-weight > 0)")
+    disc_start: int = setting(10**9, "step at which the PatchGAN starts", type="count", shown="no GAN")
+    disc_weight: float = setting(0.5, "with --disc-start: weight of the GAN loss", type="non-negative")
+
+    def build(self, reg: str, perceptual: str | PerceptualLoss | None = None) -> nn.Module:
+        """The loss of a ``reg`` ("kl" / "vq") autoencoder; ``perceptual`` may pass a shared PerceptualLoss."""
+        common = dict(disc_start=self.disc_start, disc_weight=self.disc_weight,
+                      perceptual_weight=self.perceptual_weight, perceptual=perceptual or self.perceptual)
+        if reg == "vq":
+            return VQLPIPSWithDiscriminator(codebook_weight=self.codebook_weight, **common)
+        return LPIPSWithDiscriminator(kl_weight=self.kl_weight, **common)

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ldm_lite.config import setting
 from ldm_lite.autoencoder.regularizers import DiagonalGaussianDistribution, VectorQuantizer
 
 VALID_FACTORS = (1, 2, 4, 8, 16, 32)
@@ -294,19 +295,19 @@ def ch_mult_for_factor(f: int, pattern=(1, 2, 4, 4, 4, 4)) -> tuple[int, ...]:
 class AutoencoderConfig:
     """Everything needed to rebuild an autoencoder (stored in checkpoint manifests)."""
 
-    f: int = 4
-    ch: int = 64
-    ch_mult: tuple[int, ...] | None = None  # default: ch_mult_for_factor(f)
-    num_res_blocks: int = 2
-    z_channels: int = 3
-    embed_dim: int | None = None  # default: z_channels
-    in_channels: int = 3
-    dropout: float = 0.0
-    use_mid_attn: bool = True
-    reg: str = "kl"  # "kl" or "vq"
-    n_embed: int = 512  # VQ only
-    beta: float = 0.25  # VQ only
-    dead_code_threshold: float = 0.0  # VQ only
+    f: int = setting(4, "downsampling factor: 1, 2, 4, 8, 16 or 32", type="int")
+    ch: int = setting(64, "base width of encoder and decoder")
+    ch_mult: tuple[int, ...] | None = setting(None, "width multiplier per level, e.g. 1,2,4 (default from f)")
+    num_res_blocks: int = setting(2, "ResBlocks per level")
+    z_channels: int = setting(3, "channels of the encoder's output")
+    embed_dim: int | None = setting(None, "channels of the latent (default: z_channels)", flag=False)
+    in_channels: int = setting(3, "image channels", flag=False)
+    dropout: float = setting(0.0, "dropout in the ResBlocks", type="probability")
+    use_mid_attn: bool = setting(True, "self-attention in the middle (lowest-resolution) block")
+    reg: str = setting("kl", "regulariser of the latent: kl or vq", choices=("kl", "vq"))
+    n_embed: int = setting(512, "--reg vq: codebook size")
+    beta: float = setting(0.25, "--reg vq: commitment weight", flag=False)
+    dead_code_threshold: float = setting(0.0, "--reg vq: restart codes used less than this share", flag=False)
 
     def __post_init__(self):
         if self.reg not in ("kl", "vq"):

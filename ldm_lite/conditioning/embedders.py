@@ -47,6 +47,7 @@ from ldm_lite.conditioning.tokenizer import (
     unknown_words_message,
     warn_unknown_words,
 )
+from ldm_lite.conditioning.xtransformer import XTransformerEmbedder
 from ldm_lite.data.shapes import COLORS, SHAPES, SIZES
 
 __all__ = ["ClassEmbedder", "TransformerEmbedder", "FrozenTextEncoder", "LayoutEmbedder", "TextTransformer",
@@ -499,8 +500,10 @@ def build_cond_stage(config: dict) -> nn.Module:
         return FrozenTextEncoder(**cfg)
     if kind == "layout":
         return LayoutEmbedder(**cfg)
+    if kind == "bert":  # the released CompVis text / layout encoder (ldm_lite.conditioning.xtransformer)
+        return XTransformerEmbedder(**cfg)
     spatial_kinds = {"spatial-rescaler": SpatialRescaler, "semantic": SemanticEncoder, "inpaint": InpaintConcat}
     if kind in spatial_kinds:
         return spatial_kinds[kind](**cfg)
-    raise ValueError(f"unknown cond stage type {kind!r}: expected 'class', 'text', 'text-frozen', 'layout', "
+    raise ValueError(f"unknown cond stage type {kind!r}: expected 'class', 'text', 'text-frozen', 'layout', 'bert', "
                      f"{', '.join(map(repr, spatial_kinds))}")

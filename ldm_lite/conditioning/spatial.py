@@ -112,15 +112,23 @@ class InpaintConcat(nn.Module):
     (``encode_fields``), so the raw batch may carry images or the latent cache may carry latents. A latent
     position counts as a hole if any of its f × f pixels is (max-pooling): the model is never told a pixel is
     known when it is not.
+
+    ``mask_resize="nearest"`` and ``mask_values=(-1.0, 1.0)`` give the released CompVis inpainting model's condition
+    instead (``scripts/inpaint.py``: the mask as ``2 * hole - 1``, brought to the latent size by nearest-neighbour
+    interpolation); ``mask_values`` are the channel's values at known and at missing positions.
     """
 
     encode_fields = {"masked_image": "masked_latent"}
+    MASK_RESIZE = ("max", "nearest")
 
-    def __init__(self, f: int):
+    def __init__(self, f: int, mask_resize: str = "max", mask_values: tuple[float, float] = (0.0, 1.0)):
         super().__init__()
         if f < 1:
             raise ValueError(f"f must be a positive int, got {f}")
-        self.f = f
+        if mask_resize not in self.MASK_RESIZE:
+            raise ValueError(f"mask_resize must be one of {self.MASK_RESIZE}, got {mask_resize!r}")
+        self.f, self.mask_resize = f, mask_resize
+        self.mask_values = (float(mask_values[0]), float(mask_values[1]))
 
     def forward(self, y: dict) -> torch.Tensor:
         if not isinstance(y, dict) or "hole_mask" not in y or "masked_latent" not in y:
@@ -136,8 +144,14 @@ class InpaintConcat(nn.Module):
             if hole.shape[-2] != z.shape[-2] * self.f or hole.shape[-1] != z.shape[-1] * self.f:
                 raise ValueError(f"hole_mask is {tuple(hole.shape[-2:])} but the image is "
                                  f"{(z.shape[-2] * self.f, z.shape[-1] * self.f)}; give a mask of the image's size")
-            hole = F.max_pool2d(hole, self.f)
+            hole = F.max_pool2d(hole, self.f) if self.mask_resize == "max" else F.interpolate(hole, size=z.shape[-2:])
+        known, missing = self.mask_values
+        if (known, missing) != (0.0, 1.0):
+            hole = known + (missing - known) * hole
         return torch.cat([z, hole], dim=1)
 
     def config(self) -> dict:
-        return dict(type="inpaint", f=self.f)
+        extra = {} if self.mask_resize == "max" else {"mask_resize": self.mask_resize}
+        if self.mask_values != (0.0, 1.0):
+            extra["mask_values"] = list(self.mask_values)
+        return dict(type="inpaint", f=self.f, **extra)

@@ -5,7 +5,7 @@ mask or a degradation is the same on every machine and in every run.
 Mask convention (one for the course). The paper's inpainting *script* marks the hole with 1,
 its DDIM *sampler* marks the known region with 1. Here a mask argument always says which it is in its
 name -- ``hole_mask`` (1 = missing, to be generated) or ``keep_mask`` (1 = known, kept) -- and
-:func:`keep_mask_from` is the one place that converts between them.
+:func:`~ldm_lite.checks.keep_mask_from` (re-exported here) is the one place that converts between them.
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ from __future__ import annotations
 import io
 import math
 import numbers
-import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ldm_lite.checks import check_image_range, keep_mask_from  # re-exported: their old home
 
 __all__ = ["DEGRADATIONS", "TASKS", "SpatialTaskDataset", "check_image_range", "degrade", "keep_mask_from", "one_hot_segmentation", "random_mask", "random_masks"]
 
@@ -33,49 +34,6 @@ def _as_batch(images: torch.Tensor, what: str = "images") -> tuple[torch.Tensor,
                         f"got {images.dtype}")
     single = images.ndim == 3
     return (images[None] if single else images), single
-
-
-IMAGE_RANGE_SLACK = 0.5
-
-
-def check_image_range(images: torch.Tensor, name: str = "images", all_nonnegative: str | None = "warn",
-                      where: str = "", why: str = "", stacklevel: int = 3) -> None:
-    """Check that ``images`` are images in the course's convention: finite, in [-1, 1].
-
-    * NaN / inf: ``ValueError``.
-    * Values beyond ``[-1 - IMAGE_RANGE_SLACK, 1 + IMAGE_RANGE_SLACK]`` = [-1.5, 1.5]: ``ValueError`` naming the
-      conversion (0..255 -> ``x / 127.5 - 1``). The slack lets through what resizing a [-1, 1] image does: bicubic
-      interpolation overshoots by at most 0.375 (its kernel's negative lobes), and samples are clamped only when
-      saved; no [-1, 1] image gets near 1.5, every 0..255 image with content gets far beyond it.
-    * Every value >= 0: almost surely [0, 1] images (``x * 2 - 1`` converts). ``all_nonnegative="warn"`` (a
-      ``UserWarning``) where a real [-1, 1] image can be bright everywhere -- a pale photo, a flat light-grey test
-      image; ``"error"`` where it cannot (``why`` says why, e.g. a dataset whose renders all have a dark
-      background); ``None`` skips the test.
-
-    ``name`` is the argument as the caller knows it, ``where`` a prefix such as ``"degrade: "``; ``stacklevel``
-    points the warning at the user's call (3: the caller of the function that calls this one).
-    """
-    x = images.detach()
-    if not x.is_floating_point():
-        x = x.float()
-    if x.numel() == 0:
-        return
-    verb = "contain" if name.endswith("s") else "contains"
-    bad = ~torch.isfinite(x)
-    if bool(bad.any()):
-        raise ValueError(f"{where}{name} {verb} NaN or inf ({int(bad.sum())} of {x.numel()} values); pass finite "
-                         "images in [-1, 1] (torch.nan_to_num replaces such values deliberately)")
-    lo, hi = float(x.min()), float(x.max())
-    if lo < -1 - IMAGE_RANGE_SLACK or hi > 1 + IMAGE_RANGE_SLACK:
-        raise ValueError(f"{where}{name} must lie in [-1, 1]; got values in [{lo:.4g}, {hi:.4g}]: 0..255 images "
-                         "convert with x / 127.5 - 1, other ranges must be rescaled to [-1, 1]")
-    if all_nonnegative and lo >= 0:
-        msg = (f"{where}every value of {name} is >= 0: they look like [0, 1] images, but the course's images are in "
-               "[-1, 1]; convert with x * 2 - 1")
-        if all_nonnegative == "error":
-            raise ValueError(f"{msg}{f' ({why})' if why else ''}")
-        warnings.warn(f"{msg} (ignore this for [-1, 1] images that are bright everywhere)", UserWarning,
-                      stacklevel=stacklevel)
 
 
 # ----------------------------------------------------------------------------- super-resolution
@@ -207,39 +165,6 @@ def random_masks(n: int, size: int | tuple[int, int], fraction: float = 0.3, see
                  kind: str = "mixed") -> torch.Tensor:
     """``n`` hole masks (n, 1, H, W); mask ``i`` is ``random_mask(size, fraction, seed + i, kind)``."""
     return torch.stack([random_mask(size, fraction, seed + i, kind) for i in range(n)])
-
-
-def keep_mask_from(keep_mask: torch.Tensor | None = None, hole_mask: torch.Tensor | None = None,
-                   like: torch.Tensor | None = None) -> torch.Tensor:
-    """The one conversion point of the course's mask convention: give exactly one of ``keep_mask``
-    (1 = known, kept) or ``hole_mask`` (1 = missing, generated); returns the float keep mask.
-
-    Masks must be binary (0/1) and, when ``like`` (an image or latent batch) is given, have its spatial size
-    with 1 channel (or as many as ``like``) -- a soft or wrongly sized mask is an error, not a silent blend.
-    """
-    if (keep_mask is None) == (hole_mask is None):
-        raise ValueError("give exactly one of keep_mask (1 = known pixels, kept) or hole_mask (1 = missing, "
-                         "to be generated)")
-    name, m = ("keep_mask", keep_mask) if keep_mask is not None else ("hole_mask", hole_mask)
-    if not torch.is_tensor(m):
-        m = torch.as_tensor(np.asarray(m))
-    m = m.float()
-    if not torch.isfinite(m).all() or not ((m == 0) | (m == 1)).all():
-        vals = torch.unique(m[torch.isfinite(m)])[:5].tolist()
-        raise ValueError(f"{name} must be binary (0 or 1 everywhere); found values such as {vals}. Threshold a "
-                         f"soft mask first, e.g. (mask > 0.5).float()")
-    if like is not None:
-        if m.ndim == 2:
-            m = m[None, None]
-        elif m.ndim == 3:
-            m = m[:, None] if m.shape[0] == like.shape[0] and m.shape[0] != 1 else m[None]
-        if m.shape[-2:] != like.shape[-2:]:
-            raise ValueError(f"{name} is {tuple(m.shape[-2:])} but the image is {tuple(like.shape[-2:])}; "
-                             "give a mask of the image's height and width")
-        if m.shape[1] not in (1, like.shape[1]) or m.shape[0] not in (1, like.shape[0]):
-            raise ValueError(f"{name} of shape {tuple(m.shape)} does not fit images of shape {tuple(like.shape)}; "
-                             "use (B, 1, H, W) or (1, 1, H, W)")
-    return m if keep_mask is not None else 1.0 - m
 
 
 # ----------------------------------------------------------------------------- semantic maps

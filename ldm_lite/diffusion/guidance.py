@@ -19,9 +19,10 @@ The two predictions are computed in **one** model call on a doubled batch: ``x``
 the conditionings are concatenated as ``[uncond, cond]`` along the batch axis, and the output is
 split back in two. That is what :func:`guided_model_fn` does.
 
-Conditionings can be ``None``, a tensor ``(B, ...)``, a list/tuple of tensors (CompVis passes
-``{"c_crossattn": [tensor]}``) or a dict whose values are any of these, for example
-``{"c_crossattn": (B, L, D), "c_concat": (B, c, H, W), "mask": (B, L)}``.
+A :class:`~ldm_lite.conditioning.condition.Condition` (what :class:`~ldm_lite.ldm.LatentDiffusion` passes)
+batches itself: ``uncond.cat(cond)``, split back by ``chunk``. A bare ``model_fn`` may take other conditionings:
+``None``, a tensor ``(B, ...)``, a list/tuple of tensors (CompVis passes ``{"c_crossattn": [tensor]}``) or a dict
+whose values are any of these, for example ``{"c_crossattn": (B, L, D), "c_concat": (B, c, H, W), "mask": (B, L)}``.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def batch_conditionings(uncond: Any, cond: Any) -> Any:
     Works recursively on the structures described in the module docstring:
 
     * ``None`` with ``None`` -> ``None``;
+    * a :class:`~ldm_lite.conditioning.condition.Condition` -> ``uncond.cat(cond)`` (the same rules, part by part);
     * tensors ``(B_u, ...)`` and ``(B, ...)`` -> ``torch.cat([uncond, cond])``, shape ``(2B, ...)``.
       An unconditional tensor with batch size 1 (the embedding of ``""`` computed once) is
       expanded to ``B`` first;
@@ -66,6 +68,11 @@ def batch_conditionings(uncond: Any, cond: Any) -> Any:
     """
     if uncond is None and cond is None:
         return None
+    if hasattr(cond, "cat") and hasattr(cond, "chunk"):  # a Condition batches itself
+        if type(uncond) is not type(cond):
+            raise TypeError(f"conditional input is a {type(cond).__name__} but the unconditional one is "
+                            f"{type(uncond).__name__}; pass the null condition in the same form")
+        return uncond.cat(cond)
     if isinstance(cond, torch.Tensor):
         if not isinstance(uncond, torch.Tensor):
             raise TypeError(
@@ -104,10 +111,11 @@ def batch_conditionings(uncond: Any, cond: Any) -> Any:
 
 
 def split_batch(x: Any, chunks: int = 2) -> list:
-    """The inverse of :func:`batch_conditionings`: split a tensor / list / dict into ``chunks`` along dim 0."""
+    """The inverse of :func:`batch_conditionings`: split a tensor / Condition / list / dict into ``chunks`` along
+    dim 0."""
     if x is None:
         return [None] * chunks
-    if isinstance(x, torch.Tensor):
+    if isinstance(x, torch.Tensor) or hasattr(x, "cat") and hasattr(x, "chunk"):  # a tensor, a Condition
         return list(x.chunk(chunks))
     if isinstance(x, (list, tuple)):
         parts = [split_batch(v, chunks) for v in x]

@@ -34,16 +34,19 @@ Conventions (the same in all samplers)
   which case the output *is* the last predicted x0. DDPM always ends at ``alpha_bar = 1``.
 * **Inpainting / keeping known regions** (``keep_mask`` or ``hole_mask``, ``x0``): ``keep_mask`` is 1 on
   the **known** pixels to keep (the CompVis sampler's ``mask``), ``hole_mask`` 1 where the sampler generates
-  (the paper's inpainting script); :func:`ldm_lite.data.keep_mask_from` converts, in one place. The known region is reset to
-  the noised known image ``q_sample(x0, t)`` before the first step and after every step, and to
-  ``x0`` itself after the last one, so the output equals ``x0`` exactly where ``mask == 1``.
+  (the paper's inpainting script); :func:`ldm_lite.checks.keep_mask_from` converts, in one place. The known
+  region is reset to the noised known image ``q_sample(x0, t)`` before the first step and after every step, and
+  to ``x0`` itself after the last one, so the output equals ``x0`` exactly where ``mask == 1``.
 * **Randomness.** All noise (``x_T``, per-step noise, noise for the known region) is drawn from
   ``generator``: the same seed gives the same samples.
 * **Guidance.** With ``unconditional_conditioning`` and ``guidance_scale != 1`` every step makes one
   model call on a doubled batch (:mod:`ldm_lite.diffusion.guidance`).
-* **Validation, once per call.** ``sample`` checks its arguments before the loop: ``guidance_scale``
-  finite and ``>= 0`` (``!= 1`` only with an ``unconditional_conditioning``), ``eta`` finite in [0, 1],
-  ``x_T`` / ``x0`` finite. Nothing is checked inside the loop.
+* **Validation, once per call.** ``sample`` checks its arguments before the loop with the shared checks of
+  :mod:`ldm_lite.checks`: ``guidance_scale`` finite and ``>= 0`` (``!= 1`` only with an
+  ``unconditional_conditioning``), ``eta`` finite in [0, 1], ``x_T`` / ``x0`` finite and of the sampling shape.
+  :meth:`Sampler.run` is the loop without those checks, for a caller that made them
+  (``LatentDiffusion.sample``); it checks only the sampler's own settings (steps, spacing, RePaint's jumps).
+  Nothing is checked inside the loop.
 * **Outputs.** ``sample`` returns the final ``x_0`` ``shape``-shaped tensor; with ``log_every=k`` it
   returns ``(x_0, intermediates)`` where ``intermediates = {"x_T": x_T, "t": [...], "x_inter":
   [...], "pred_x0": [...]}`` records, after every k-th step and after the last, the timestep the
@@ -61,7 +64,16 @@ from typing import Any, Callable, Sequence
 import torch
 from ldm_lite.progress import progress as tqdm
 
-from ldm_lite.data.spatial import keep_mask_from
+from ldm_lite.checks import (  # noqa: F401  (check_eta, check_finite, check_guidance_scale: re-exported)
+    check_eta,
+    check_finite,
+    check_guidance,
+    check_guidance_scale,
+    check_known_at,
+    check_start_noise,
+    check_steps,
+    paired_mask,
+)
 from ldm_lite.diffusion.guidance import guided_model_fn
 from ldm_lite.diffusion.schedule import PARAMETERIZATIONS, NoiseSchedule, make_ddim_timesteps
 
@@ -90,19 +102,6 @@ def _randn(shape, generator: torch.Generator | None, device, dtype) -> torch.Ten
     return torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=dtype).to(device)
 
 
-def _is_number(x) -> bool:
-    """A real scalar (Python / NumPy number or a one-element tensor), not a bool."""
-    if isinstance(x, bool):
-        return False
-    if torch.is_tensor(x):
-        return x.numel() == 1 and not x.dtype.is_complex and x.dtype != torch.bool
-    try:
-        float(x)
-    except (TypeError, ValueError):
-        return False
-    return not isinstance(x, (str, bytes))
-
-
 def max_steps(num_timesteps: int = 1000, spacing: str = "uniform", steps_offset: int = 1) -> int:
     """The most steps a run over ``num_timesteps`` training timesteps can take with this ``spacing`` and
     ``steps_offset`` (:func:`~ldm_lite.diffusion.schedule.make_ddim_timesteps`): ``T`` for the full chain
@@ -123,53 +122,6 @@ def max_steps(num_timesteps: int = 1000, spacing: str = "uniform", steps_offset:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if ok(mid) else (lo, mid)
     return lo
-
-
-def check_guidance_scale(guidance_scale) -> float:
-    """Validate a classifier-free guidance scale ``s`` (``out_u + s (out_c - out_u)``) and return it as a float.
-
-    ``s`` must be finite and ``>= 0``: ``s = 1`` is the plain conditional model (no guidance), ``s = 0`` the
-    unconditional one, ``0 < s < 1`` interpolates between them (less fidelity, more diversity) and ``s > 1``
-    extrapolates past the conditional prediction (the usual 1.5-10). A negative ``s`` steers *away* from the
-    condition and a NaN / inf one turns every sample into NaN, so both are refused here, once, at the entry point.
-    """
-    if not _is_number(guidance_scale):
-        raise TypeError(f"guidance_scale must be a number >= 0 (1 = no guidance), got {guidance_scale!r} "
-                        f"({type(guidance_scale).__name__}); pass e.g. guidance_scale=3.0")
-    s = float(guidance_scale)
-    if not math.isfinite(s) or s < 0:
-        raise ValueError(
-            f"guidance_scale must be a finite number >= 0, got {s}; 1 = no guidance (the plain conditional model), "
-            "0 = the unconditional model, > 1 = stronger guidance (typically 1.5-10): pass e.g. guidance_scale=3.0"
-        )
-    return s
-
-
-def check_eta(eta) -> float:
-    """Validate DDIM's noise scale ``eta`` (Song et al. 2021, Eq. 16): finite, in [0, 1]; return it as a float."""
-    if not _is_number(eta):
-        raise TypeError(f"eta must be a number in [0, 1], got {eta!r} ({type(eta).__name__}); pass e.g. eta=0.0")
-    e = float(eta)
-    if not math.isfinite(e) or e < 0 or e > 1:
-        raise ValueError(
-            f"eta must be >= 0 and <= 1 (a finite number: 0 = deterministic DDIM, 1 = DDPM's posterior variance), "
-            f"got {e}; pass eta in [0, 1]"
-        )
-    return e
-
-
-def check_finite(name: str, x: torch.Tensor, fix: str) -> None:
-    """Raise a ``ValueError`` naming ``name`` and how many of its values are NaN / inf (one check, at the entry)."""
-    if not torch.is_tensor(x):
-        raise TypeError(f"{name} must be a tensor, got {type(x).__name__}")
-    if x.is_floating_point() or x.is_complex():
-        bad = ~torch.isfinite(x)
-        if bool(bad.any()):
-            n_nan = int(torch.isnan(x).sum())
-            raise ValueError(
-                f"{name} contains {int(bad.sum())} non-finite values ({n_nan} NaN, {int(bad.sum()) - n_nan} inf) "
-                f"of {x.numel()}; every value must be finite. {fix}"
-            )
 
 
 def _as_int(t) -> int | None:
@@ -245,10 +197,7 @@ class Sampler:
     def timesteps(self, steps: int, spacing: str = "uniform") -> torch.Tensor:
         """The timesteps visited by a ``steps``-step run, **descending** (noisiest first), long ``(steps,)``."""
         T = self.schedule.num_timesteps
-        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
-            raise ValueError(
-                f"steps must be an integer in 1..{T} (the number of training timesteps), got {steps!r}"
-            )
+        check_steps(steps, T)
         try:
             return make_ddim_timesteps(steps, T, spacing, self.steps_offset).flip(0)
         except ValueError:
@@ -316,7 +265,7 @@ class Sampler:
         if eta != 0:
             raise ValueError(f"eta is a DDIM parameter; {type(self).__name__} is deterministic, pass eta=0")
 
-    # ---- the loop ---------------------------------------------------------------------------------
+    # ---- the entry point and the loop ---------------------------------------------------------------
     @torch.no_grad()
     def sample(
         self,
@@ -372,28 +321,32 @@ class Sampler:
             device, dtype: where and in which dtype to sample when ``x_T`` is not given (default device:
                 that of ``x0``, else the schedule's).
         """
-        # ---- validate -----------------------------------------------------------------------------
+        # ---- the entry point's checks (LatentDiffusion.sample makes its own and calls run) ---------
         shape = tuple(int(s) for s in shape)
         if len(shape) < 1 or any(s < 1 for s in shape):
             raise ValueError(f"shape must be (B, C, H, W) with positive sizes, got {shape}")
+        guidance_scale = check_guidance(guidance_scale, conditioning, unconditional_conditioning)
+        eta = check_eta(eta)
+        mask = paired_mask(x0, keep_mask, hole_mask)
+        if mask is not None:
+            check_known_at(x0, mask, shape)
+        if x_T is not None:
+            check_start_noise(x_T, shape)
+        return self.run(
+            model_fn, shape, steps, conditioning=conditioning, unconditional_conditioning=unconditional_conditioning,
+            guidance_scale=guidance_scale, eta=eta, x_T=x_T, keep_mask=mask, x0=x0, generator=generator,
+            callback=callback, progress=progress, timestep_spacing=timestep_spacing, log_every=log_every,
+            device=device, dtype=dtype, jump_length=jump_length, jump_n_sample=jump_n_sample,
+        )
+
+    def _plan(self, steps: int | None, spacing: str, eta: float, jump_length: int, jump_n_sample: int,
+              has_mask: bool, log_every: int | None) -> tuple[torch.Tensor, bool]:
+        """The sampler's own settings, checked where they enter: returns the timesteps to visit and whether
+        to resample (RePaint)."""
         if steps is None:
             steps = self.default_steps if self.default_steps is not None else self.schedule.num_timesteps
-        timesteps = self.timesteps(steps, timestep_spacing)  # validates steps and spacing
-        guidance_scale = check_guidance_scale(guidance_scale)
-        eta = check_eta(eta)
+        timesteps = self.timesteps(steps, spacing)  # validates steps and spacing
         self._check_eta(eta)
-        has_mask = keep_mask is not None or hole_mask is not None
-        if has_mask and x0 is None:
-            raise ValueError(
-                "a mask was given without x0: pass x0 (the known image/latent, shape (B, C, H, W)) together with "
-                "keep_mask (1 = keep x0 there) or hole_mask (1 = generate there)"
-            )
-        if x0 is not None and not has_mask:
-            raise ValueError(
-                "x0 given without a mask: pass keep_mask (1 = keep x0 there) or hole_mask (1 = generate there); "
-                "to start from a noised x0 instead (img2img), pass x_T=schedule.q_sample(x0, t_start) and fewer steps"
-            )
-        mask = keep_mask_from(keep_mask, hole_mask) if has_mask else None
         if not isinstance(jump_length, int) or jump_length < 0 or not isinstance(jump_n_sample, int) or jump_n_sample < 1:
             raise ValueError(f"need integers jump_length >= 0 and jump_n_sample >= 1, got {jump_length!r}, "
                              f"{jump_n_sample!r}")
@@ -404,43 +357,24 @@ class Sampler:
         if resample and self.name not in ("DDPM", "DDIM"):
             raise ValueError(f"RePaint resampling needs a single-step sampler (DDPM or DDIM); {self.name} keeps a "
                              "history of earlier steps that jumping back would invalidate")
-        if x0 is not None:
-            if tuple(x0.shape) != shape:
-                raise ValueError(f"x0 must have the sampling shape {shape}, got {tuple(x0.shape)}")
-            try:
-                mask_ok = torch.broadcast_shapes(tuple(mask.shape), shape) == shape
-            except RuntimeError:
-                mask_ok = False
-            if not mask_ok:
-                raise ValueError(
-                    f"mask of shape {tuple(mask.shape)} does not broadcast to the sampling shape {shape}; "
-                    "use (B, 1, H, W) or (B, C, H, W) with 1 = keep x0"
-                )
-        if x_T is not None:
-            if not torch.is_tensor(x_T) or tuple(x_T.shape) != shape:
-                raise ValueError(f"x_T must have the sampling shape {shape}, got {tuple(getattr(x_T, 'shape', ()))}")
-            check_finite("x_T (the starting noise)", x_T,
-                         "Pass finite noise, e.g. torch.randn(shape, generator=g), or omit x_T to draw it from generator.")
-        if x0 is not None and torch.is_tensor(x0):
-            check_finite("x0 (the known image / latent to keep)", x0,
-                         "Replace the unknown pixels by any finite value (e.g. 0); the mask decides what is kept.")
-        if unconditional_conditioning is not None and guidance_scale != 1 and conditioning is None:
-            raise ValueError(
-                "unconditional_conditioning and guidance_scale != 1 were given without conditioning: pass "
-                "conditioning=... (the prompt / class / layout), or drop unconditional_conditioning"
-            )
-        if guidance_scale != 1 and unconditional_conditioning is None:
-            raise ValueError(
-                f"guidance_scale={guidance_scale:g} asks for classifier-free guidance, but no unconditional_conditioning "
-                "was given, so guidance would silently do nothing"
-                + (" (and there is no conditioning either: an unconditional model cannot be guided)"
-                   if conditioning is None else "")
-                + ". Pass unconditional_conditioning=<the null condition> (e.g. LatentDiffusion."
-                "get_unconditional_conditioning(B)), or guidance_scale=1 for no guidance"
-            )
         if log_every is not None and (not isinstance(log_every, int) or log_every < 1):
             raise ValueError(f"log_every must be a positive integer or None, got {log_every!r}")
+        return timesteps, resample
 
+    @torch.no_grad()
+    def run(
+        self, model_fn: ModelFn, shape: tuple[int, ...], steps: int | None = None, *, conditioning: Any = None,
+        unconditional_conditioning: Any = None, guidance_scale: float = 1.0, eta: float = 0.0,
+        x_T: torch.Tensor | None = None, keep_mask: torch.Tensor | None = None, x0: torch.Tensor | None = None,
+        generator: torch.Generator | None = None, callback: Callable | None = None, progress: bool = True,
+        timestep_spacing: str = "uniform", log_every: int | None = None, device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32, jump_length: int = 0, jump_n_sample: int = 1,
+    ):
+        """The loop of :meth:`sample` for a caller that checked the arguments (``LatentDiffusion.sample``):
+        ``shape`` a tuple, ``guidance_scale`` / ``eta`` / ``x_T`` valid, ``keep_mask`` the float keep mask (1 = keep)
+        broadcastable to ``shape`` and ``x0`` of ``shape``. Only the sampler's own settings are checked here."""
+        timesteps, resample = self._plan(steps, timestep_spacing, eta, jump_length, jump_n_sample, x0 is not None,
+                                         log_every)
         # ---- set up -------------------------------------------------------------------------------
         if x_T is not None:
             device, dtype = x_T.device, x_T.dtype
@@ -452,7 +386,7 @@ class Sampler:
         x_start = x
         if x0 is not None:
             x0 = x0.to(device=device, dtype=x.dtype)
-            mask = mask.to(device=device, dtype=x.dtype)
+            mask = keep_mask.to(device=device, dtype=x.dtype)
 
         def keep_known(x: torch.Tensor, t: int) -> torch.Tensor:
             """x = mask * q_sample(x0, t) + (1 - mask) * x; at the clean end (t < 0) q_sample -> x0."""
@@ -826,10 +760,15 @@ SAMPLERS = {
 }
 
 
-def make_sampler(name: str, schedule: NoiseSchedule, parameterization: str = "eps", **kwargs) -> Sampler:
-    """``SAMPLERS[name](schedule, parameterization, **kwargs)``; names: ddpm, ddim, plms, dpm (= dpmsolver++)."""
+def make_sampler(name: str | Sampler, schedule: NoiseSchedule, parameterization: str = "eps", **kwargs) -> Sampler:
+    """``SAMPLERS[name](schedule, parameterization, **kwargs)``; names: ddpm, ddim, plms, dpm (= dpmsolver++).
+    A :class:`Sampler` instance is returned as it is (options ``kwargs`` are then an error)."""
+    if isinstance(name, Sampler):
+        if kwargs:
+            raise ValueError(f"sampler options {sorted(kwargs)} only apply when sampler is a name")
+        return name
     if not isinstance(name, str):
-        raise TypeError(f"sampler must be a name, one of {', '.join(SAMPLERS)}, got {name!r} "
+        raise TypeError(f"sampler must be a name, one of {', '.join(SAMPLERS)}, or a Sampler instance, got {name!r} "
                         f"({type(name).__name__}); pass e.g. sampler='ddim'")
     key = name.lower()
     if key not in SAMPLERS:

@@ -37,6 +37,7 @@ from torch import nn
 
 __all__ = [
     "BETA_SCHEDULES",
+    "loss_by_timestep",
     "PARAMETERIZATIONS",
     "make_beta_schedule",
     "NoiseSchedule",
@@ -155,6 +156,7 @@ class NoiseSchedule(nn.Module):
             )
         self.num_timesteps = int(betas.numel())
         self._betas_source = betas.clone()  # float64 on CPU: the ground truth, see _apply below
+        self.made_from: dict | None = None  # the name and parameters of from_name, when it made this schedule
         self._register_schedule(betas)
 
     @classmethod
@@ -164,7 +166,9 @@ class NoiseSchedule(nn.Module):
         Stable Diffusion / most LDM configs: ``from_name("linear", 1000, linear_start=0.00085,
         linear_end=0.012)``.
         """
-        return cls(make_beta_schedule(schedule, n_timestep, **kwargs))
+        made = cls(make_beta_schedule(schedule, n_timestep, **kwargs))
+        made.made_from = dict(schedule=schedule, n_timestep=n_timestep, **kwargs)  # what LDMConfig records
+        return made
 
     def _register_schedule(self, betas: torch.Tensor) -> None:
         alphas = 1.0 - betas
@@ -560,3 +564,15 @@ def diffusion_loss(
         "weights": weights.detach(),
     }
     return loss, logs
+
+
+def loss_by_timestep(t: torch.Tensor, loss_per_sample: torch.Tensor, num_timesteps: int, buckets: int) -> dict:
+    """The mean loss in each of ``buckets`` equal timestep ranges, ``{"loss_t/<lo>-<hi>": value}`` (ranges with no
+    sample of the batch left out): how hard each noise level is, as training goes."""
+    edges = [round(i * num_timesteps / buckets) for i in range(buckets + 1)]
+    out = {}
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (t >= lo) & (t < hi)
+        if bool(sel.any()):
+            out[f"loss_t/{lo}-{hi - 1}"] = float(loss_per_sample[sel].mean())
+    return out

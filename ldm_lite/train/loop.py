@@ -65,7 +65,7 @@ import os
 import signal
 import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -76,6 +76,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from ldm_lite.config import device as default_device
+from ldm_lite.config import setting
 from ldm_lite.io import check_writable_dir
 from ldm_lite.progress import progress as tqdm
 from ldm_lite.train.checkpoint import (
@@ -131,27 +132,30 @@ class TrainConfig:
     ``batch_size`` is per rank under DDP (see :mod:`ldm_lite.train.distributed`).
     """
 
-    max_steps: int
-    batch_size: int
-    seed: int = 0
-    grad_clip: float | None = 1.0
-    ema_decay: float | None = None
-    ema_start: int = 0
-    ema_warmup: bool = True
-    precision: str = "auto"
-    log_every: int = 10
-    ckpt_every: int | None = None
-    out_dir: str | None = None
-    keep_last: int = 2
-    num_workers: int = 0
-    progress: bool = True
-    drop_last: bool = True
-    lr_warmup_steps: int = 0
-    lr_schedule: str = "constant"
-    lr_min_ratio: float = 0.1
-    device: str | None = None  # None: ldm_lite.config.device() (cuda:LOCAL_RANK under DDP)
-    ddp: bool = False  # force DDP (torchrun's WORLD_SIZE > 1 turns it on by itself)
-    find_unused_parameters: bool = False  # DDP: True for the GAN (see ldm_lite.train.distributed)
+    max_steps: int = setting(MISSING, "optimisation steps (the command line's --steps)", type="count")
+    batch_size: int = setting(MISSING, "examples per step (per rank under DDP)")
+    seed: int = setting(0, "seed of the weights, the data order and the noise", type="count")
+    grad_clip: float | None = setting(1.0, "clip the gradient norm to this (None: no clipping)", type="positive")
+    ema_decay: float | None = setting(None, "decay of the weights' exponential moving average (0 or None: off)",
+                                      type="probability")
+    ema_start: int = setting(0, "steps before the EMA starts following the weights", type="count")
+    ema_warmup: bool = setting(True, "EMA decay min(decay, (1 + n) / (10 + n)) at its n-th update (as CompVis)")
+    precision: str = setting("auto", "auto (bf16 on a GPU that has it), fp32, bf16 or fp16", choices=PRECISIONS)
+    log_every: int = setting(10, "log the training losses every N steps")
+    ckpt_every: int | None = setting(None, "checkpoint every N steps (needs out_dir)", flag=False)
+    out_dir: str | None = setting(None, "the run folder", flag=False)
+    keep_last: int = setting(2, "checkpoints kept in the run folder")
+    num_workers: int = setting(0, "DataLoader worker processes", type="count")
+    progress: bool = setting(True, "show a progress bar", flag=False)
+    drop_last: bool = setting(True, "drop the last incomplete batch of an epoch")
+    lr_warmup_steps: int = setting(0, "linear learning-rate warm-up over the first N steps", type="count")
+    lr_schedule: str = setting("constant", "constant or cosine (to lr_min_ratio x lr at the last step)",
+                               choices=("constant", "cosine"))
+    lr_min_ratio: float = setting(0.1, "the cosine schedule's final share of lr", type="non-negative")
+    device: str | None = setting(None, "None: ldm_lite.config.device() (cuda:LOCAL_RANK under DDP)", flag=False)
+    ddp: bool = setting(False, "force DDP (torchrun's WORLD_SIZE > 1 turns it on by itself)", flag=False)
+    find_unused_parameters: bool = setting(False, "DDP: True for the GAN (see ldm_lite.train.distributed)",
+                                           flag=False)
 
     def __post_init__(self):
         def need(cond, msg):

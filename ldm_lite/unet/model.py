@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from typing import NamedTuple, Sequence
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ldm_lite.config import setting
 from ldm_lite.unet.attention import AttentionBlock, SpatialTransformer
 from ldm_lite.unet.blocks import (
     Downsample,
@@ -54,26 +55,28 @@ class UNetConfig:
     See :class:`UNetModel` for the meaning of each field.
     """
 
-    in_channels: int
-    out_channels: int
-    model_channels: int
-    channel_mult: tuple[int, ...] = (1, 2, 4, 8)
-    num_res_blocks: int = 2
-    attention_resolutions: tuple[int, ...] = (4, 2, 1)
-    num_heads: int = -1
-    num_head_channels: int = -1
-    context_dim: int | None = None
-    transformer_depth: int = 1
-    use_spatial_transformer: bool = True
-    use_scale_shift_norm: bool = False
-    resblock_updown: bool = False
-    dropout: float = 0.0
-    num_classes: int | None = None
-    use_checkpoint: bool = False
-    use_linear_in_transformer: bool = False
-    conv_resample: bool = True
-    norm_num_groups: int = 32
-    coord_channels: bool = False
+    in_channels: int = setting(MISSING, "channels of the (latent) input (+ a concatenated condition's)", flag=False)
+    out_channels: int = setting(MISSING, "channels predicted (the latent's)", flag=False)
+    model_channels: int = setting(MISSING, "base width C; level l has C * channel_mult[l] channels")
+    channel_mult: tuple[int, ...] = setting((1, 2, 4, 8), "width multiplier per level (len - 1 downsamplings), e.g. 1,2,2")
+    num_res_blocks: int = setting(2, "ResBlocks per level in the encoder (the decoder has one more)")
+    attention_resolutions: tuple[int, ...] = setting((4, 2, 1), "downsampling rates with attention, e.g. 2,4")
+    num_heads: int = setting(-1, "attention heads (-1: from num_head_channels)", type="int")
+    num_head_channels: int = setting(-1, "channels per attention head (-1: from num_heads)", type="int")
+    context_dim: int | None = setting(None, "width of the cross-attention context (None: no cross-attention)",
+                                      flag=False)
+    transformer_depth: int = setting(1, "transformer blocks per attention level")
+    use_spatial_transformer: bool = setting(True, "spatial transformers (with cross-attention) at attention levels")
+    use_scale_shift_norm: bool = setting(False, "FiLM-style time conditioning in the ResBlocks")
+    resblock_updown: bool = setting(False, "resample with ResBlocks instead of Up/Downsample")
+    dropout: float = setting(0.0, "dropout in the ResBlocks", type="probability")
+    num_classes: int | None = setting(None, "classes of a label embedding added to the time embedding", flag=False)
+    use_checkpoint: bool = setting(False, "gradient checkpointing (saves memory, costs a re-forward)")
+    use_linear_in_transformer: bool = setting(False, "linear instead of 1x1-conv projections in the transformers")
+    conv_resample: bool = setting(True, "learned (conv) instead of fixed resampling")
+    norm_num_groups: int = setting(32, "GroupNorm groups (must divide every level's channels)")
+    coord_channels: bool = setting(False, "two coordinate input channels (x, y in [-1, 1]); helps layout models "
+                                          "place objects")
 
     def __post_init__(self):
         self.channel_mult = tuple(self.channel_mult)
