@@ -107,20 +107,34 @@ def test_bootstrap_intervals_contain_the_estimate_and_shrink_with_n():
     assert widths[1] < widths[0] / 2
 
 
-def test_fid_interval_never_goes_below_zero():
-    """Near-perfect reconstructions (the rFID case): FID is near 0 and the bootstrap's spread, placed around it,
-    would reach far below 0 -- the interval is cut at 0 instead."""
+def test_paired_sets_are_resampled_as_pairs_and_no_interval_is_cut():
+    """Near-perfect reconstructions (the rFID case) are paired with their originals. Resampled as pairs (one index
+    per replicate for both sets) the FID interval sits tightly around the estimate, above 0 with nothing cut.
+    Resampled independently, the pairing is broken: the bootstrap describes two unrelated sets, its spread swamps
+    the estimate and the interval -- shown, not cut -- reaches below 0. KID, unbiased, may be negative: the paired
+    interval straddles 0 (the two distributions are almost the same), while the unpaired formula counts each
+    image and its own near-copy as independent draws and comes out clearly below 0."""
     rng = np.random.default_rng(7)
     real = rng.normal(size=(100, 8))
     fake = real + 0.05 * rng.normal(size=(100, 8))
-    r = M.set_metrics_with_intervals(real, fake, n_boot=40, metrics=("fid", "kid"))
-    lo, hi = r["fid"]["ci95"]
-    assert lo == 0.0 <= r["fid"]["value"] <= hi, r["fid"]
-    assert r["kid"]["ci95"][0] < 0  # KID is unbiased and may go negative: its interval is not cut
+    p = M.set_metrics_with_intervals(real, fake, n_boot=200, metrics=("fid", "kid"), paired=True)
+    u = M.set_metrics_with_intervals(real, fake, n_boot=200, metrics=("fid", "kid"))
+    assert p["paired"] and not u["paired"] and p["fid"]["value"] == u["fid"]["value"]
+    lo, hi = p["fid"]["ci95"]
+    assert 0 < lo <= p["fid"]["value"] <= hi < 3 * p["fid"]["value"], p["fid"]
+    assert u["fid"]["ci95"][0] < 0 < u["fid"]["ci95"][1], u["fid"]
+    assert p["kid"]["ci95"][0] < 0 < p["kid"]["ci95"][1], p["kid"]
+    assert u["kid"]["ci95"][1] < p["kid"]["ci95"][0], (u["kid"], p["kid"])
+    # a set against itself, paired: 0 by construction, and so is its interval
+    same = M.set_metrics_with_intervals(real, real, n_boot=50, metrics=("fid", "kid"), paired=True)
+    assert same["kid"] == dict(value=0.0, ci95=(0.0, 0.0)) and abs(same["fid"]["value"]) < 1e-9
 
 
-def test_streamed_fid_interval_never_goes_below_zero():
-    """quality_report on a stream (FID from all its moments, the interval from the kept rows) is cut at 0 too."""
+def test_streamed_fid_interval_is_the_kept_rows_spread_around_the_stream_estimate():
+    """quality_report on a stream: FID from the moments of the whole stream, its interval the kept rows' bootstrap
+    spread placed around that value -- not cut at 0."""
+    from ldm_lite.metrics.distances import frechet_distance
+
     rng = np.random.default_rng(7)
     ref = rng.normal(size=(100, 8))
     stream = M.StreamingFeatureStats(keep=100)
@@ -128,7 +142,11 @@ def test_streamed_fid_interval_never_goes_below_zero():
         stream.update(ref + 0.05 * rng.normal(size=ref.shape))
     ext = M.get_feature_extractor("random-vgg", announce=False, width=0.25)
     fid = M.quality_report(stream, ref, extractor=ext, n_boot=20)["samples"]["fid"]
-    assert fid["ci95"][0] == 0.0 <= fid["value"] <= fid["ci95"][1], fid
+    kept = M.set_metrics_with_intervals(ref, stream.sample, n_boot=20, metrics="fid")["fid"]
+    full = frechet_distance(stream.mean, stream.cov, *feature_statistics(ref))
+    assert fid["value"] == pytest.approx(full)
+    assert fid["ci95"] == pytest.approx((full - (kept["value"] - kept["ci95"][0]), full + (kept["ci95"][1] - kept["value"])))
+    assert fid["ci95"][0] < 0 < fid["value"] <= fid["ci95"][1], fid
 
 
 def test_interval_of_one_metric_equals_the_full_call():
@@ -137,7 +155,7 @@ def test_interval_of_one_metric_equals_the_full_call():
     real, fake = rng.normal(size=(80, 8)), rng.normal(size=(50, 8)) + 0.3
     full = M.set_metrics_with_intervals(real, fake, n_boot=20)
     kid_only = M.set_metrics_with_intervals(real, fake, n_boot=20, metrics=("kid",))
-    assert set(kid_only) == {"kid", "n_real", "n_fake", "n_boot"}
+    assert set(kid_only) == {"kid", "n_real", "n_fake", "n_boot", "paired"}
     assert kid_only["kid"] == full["kid"]
     assert M.set_metrics_with_intervals(real, fake, n_boot=5, metrics="recall")["recall"] == \
         M.set_metrics_with_intervals(real, fake, n_boot=5)["recall"]

@@ -5,8 +5,9 @@
 ``features``           the embeddings: Inception-v3 when its weights are present, labelled substitutes
 ``evaluators``         the course's own feature networks, trained on its offline data and shipped
 ``distances``          features -> numbers: FID (Fréchet distance), KID, precision / recall,
-                       streaming statistics, bootstrap intervals
-``quality``            front doors: images in, numbers out with n, interval, floor and ceiling
+                       streaming statistics, bootstrap intervals (paired or not), paired differences
+``quality``            front doors: images in, numbers out with n, interval, floor and ceiling;
+                       paired anchors for reconstruction scores
 ``conditional``        did the sample show what the condition asked for? caption / layout / class accuracy
 =====================  ==========================================================================
 
@@ -26,14 +27,16 @@ from ldm_lite.metrics.distances import (
 )
 from ldm_lite.metrics.quality import fid, format_metric, kid, sample_quality
 from ldm_lite.metrics.distances import (
-    StreamingFeatureStats, bootstrap_interval, set_metrics_with_intervals, wilson_interval,
+    StreamingFeatureStats, bonferroni_level, bootstrap_interval, paired_difference, set_metrics_with_intervals,
+    wilson_interval,
 )
 from ldm_lite.metrics.features import DOMAIN_KINDS, domain_feature_extractor
 from ldm_lite.metrics.quality import feature_distance, features_of, format_report, quality_report, stream_features
+from ldm_lite.metrics.quality import RECONSTRUCTION_DEGRADATIONS, degrade_images, reconstruction_anchors
 from ldm_lite.metrics.evaluators import (
     EmojiFeatureNet, FashionClassifier, ShapesAttributeNet, build_evaluator, load_evaluator,
 )
 from ldm_lite.metrics.conditional import (
-    box_iou, caption_accuracy, class_accuracy, layout_accuracy, parse_caption, segments_of, semantic_accuracy,
-    shapes_heldout_accuracy,
+    RELATIONS, box_centre, box_iou, caption_accuracy, caption_relation_accuracy, class_accuracy, layout_accuracy,
+    match_objects, parse_caption, parse_relations, relation_of, segments_of, semantic_accuracy, shapes_heldout_accuracy,
 )

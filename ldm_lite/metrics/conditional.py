@@ -5,17 +5,22 @@ On ShapesDataset the condition is checkable exactly, because the generator knows
 * :func:`caption_accuracy` -- every object the caption names is present with the right colour and shape,
   and nothing extra (the multiset of (colour, shape) read from the image equals the caption's).
   Reported overall, per object count, with size as well, and for held-out (colour, shape) pairs apart.
+* :func:`caption_relation_accuracy` -- the caption's other half: each object found by its attributes, and the
+  caption's relations ("left of", "right of", "above", "below") read from the found objects' box centres with
+  the generator's own rule (:func:`relation_of`). Attributes, relations and both, per object count and per
+  relation, beside the chance level and the real-render ceiling.
 * :func:`layout_accuracy` -- the fraction of requested objects found inside their box (IoU >= 0.5, the
   right shape, and the right colour when given).
 
-Both read the image with the shipped :class:`~ldm_lite.metrics.evaluators.ShapesAttributeNet` and report,
+All three read the image with the shipped :class:`~ldm_lite.metrics.evaluators.ShapesAttributeNet` and report,
 beside the number, a *floor* (the same images scored against shuffled captions / layouts -- what a model
-that ignores its condition gets) and, when the real images are passed, a *ceiling* (the evaluator on the
-real renders of the same captions). On Fashion-MNIST: :func:`class_accuracy`.
+that ignores its condition gets; for relations the chance level, 1 in 4) and, when the real images are passed,
+a *ceiling* (the evaluator on the real renders of the same captions). On Fashion-MNIST: :func:`class_accuracy`.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from typing import Sequence
@@ -24,7 +29,7 @@ import numpy as np
 import torch
 
 from ldm_lite.data.augment import random_degrade
-from ldm_lite.data.shapes import COLORS, SHAPES, SIZES, ShapesDataset
+from ldm_lite.data.shapes import COLORS, SHAPES, SIZES, ShapesDataset, relation
 from ldm_lite.data.spatial import check_image_range
 from ldm_lite.metrics.distances import wilson_interval
 from ldm_lite.metrics.evaluators import load_evaluator
@@ -155,6 +160,196 @@ def caption_accuracy(images: torch.Tensor, captions: Sequence[str], evaluator=No
         pairs = {(c, s) for c, s in holdout}
         has = np.array([any((c, s) in pairs for _, c, s in parse_caption(cap)) for cap in captions], dtype=bool)
         out["holdout"], out["seen"] = _summary(hit[has], seed), _summary(hit[~has], seed)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Relations: "a big red circle left of a small blue square" is half about where things are
+# ------------------------------------------------------------------------------------------------
+#: The relations ShapesDataset's captions use (:func:`ldm_lite.data.shapes.relation`). For any two distinct
+#: centres exactly one of them holds, so a model that places objects without reading the relation is right
+#: 1 time in 4 per relation.
+RELATIONS = ("left of", "right of", "above", "below")
+_RELATION_OF_WORD = {"left": "left of", "right": "right of", "above": "above", "below": "below"}
+
+
+def parse_relations(caption: str) -> list[tuple[int, str | None, int]]:
+    """The relations of a caption, one per pair of consecutive objects: ``(i, relation, i + 1)``.
+
+    ShapesDataset chains its objects -- ``"a A left of a B, which is above a C"`` says A is left of B and B is
+    above C -- so the words between objects ``i`` and ``i + 1`` relate them. ``relation`` is one of
+    :data:`RELATIONS`, or None where the words name none (``"a A and a B"``: nothing to score). A one-object
+    caption has no relation (``[]``). Raises ``ValueError`` for what :func:`parse_caption` rejects, for two
+    relation words between the same two objects, and for a relation word before the first or after the last
+    object (it would relate nothing).
+    """
+    parse_caption(caption)  # the vocabulary checks
+    text = caption.lower()
+    spans = [m.span() for m in _OBJECT.finditer(text)]
+    gaps = [text[:spans[0][0]], *(text[a[1]:b[0]] for a, b in itertools.pairwise(spans)), text[spans[-1][1]:]]
+    words = [[_RELATION_OF_WORD[w] for w in re.findall(r"[a-z]+", g) if w in _RELATION_OF_WORD] for g in gaps]
+    for end, side in ((0, "before the first"), (-1, "after the last")):
+        if words[end]:
+            raise ValueError(f"caption {caption!r}: the relation {words[end][0]!r} stands {side} object and relates "
+                             "nothing; write 'a <object> <relation> a <object>'")
+    out = []
+    for i, found in enumerate(words[1:-1]):
+        if len(found) > 1:
+            raise ValueError(f"caption {caption!r}: objects {i} and {i + 1} are joined by {len(found)} relations "
+                             f"({', '.join(map(repr, found))}); one relation per pair")
+        out.append((i, found[0] if found else None, i + 1))
+    return out
+
+
+def box_centre(box) -> tuple[float, float]:
+    """Centre ``(x, y)`` of a pixel box ``(x0, y0, x1, y1)``."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return (x0 + x1) / 2, (y0 + y1) / 2
+
+
+def relation_of(a, b) -> str:
+    """Where centre ``a = (x, y)`` lies relative to centre ``b``, by ShapesDataset's own rule
+    (:func:`ldm_lite.data.shapes.relation`, which writes the captions): the axis along which the centres are
+    further apart decides -- ``|dx| >= |dy|`` gives "left of" (``dx < 0``) or "right of", otherwise "above"
+    (``dy < 0``; image rows grow downwards) or "below". An exact tie ``|dx| == |dy|`` is horizontal, as in the
+    generator. So exactly one relation holds for two distinct centres: "A left of B" is read as "A is more to the
+    left of B than it is above or below it", not merely ``x_A < x_B`` (which a caption-blind placement would meet
+    half the time)."""
+    return relation(dict(cx=float(a[0]), cy=float(a[1])), dict(cx=float(b[0]), cy=float(b[1])))
+
+
+def _pair_score(want: tuple[str, str, str], obj, match: str) -> int | None:
+    """How well a detection fits a caption object; None if it may not stand for it."""
+    size, color, shape = want
+    same_color, same_shape = obj.color == color, obj.shape == shape
+    if match == "strict" and not (same_color and same_shape):
+        return None
+    if match == "loose" and not (same_color or same_shape):
+        return None
+    return 2 * same_color + 2 * same_shape + (obj.size == size)
+
+
+def match_objects(wanted: Sequence[tuple[str, str, str]], detections: Sequence, match: str = "strict") -> list:
+    """Assign each caption object ``(size, colour, shape)`` (:func:`parse_caption`) a distinct detection
+    (:meth:`ShapesAttributeNet.detect`); returns, per caption object, the index of its detection or None.
+
+    ``match="strict"``: a detection may stand for a caption object only with the same colour *and* shape (size
+    may differ -- it only decides between candidates). ``"loose"``: the same colour *or* shape is enough (a blue
+    hexagon drawn for "a small blue square" still says where that object went). Among all assignments the one
+    that matches the most attributes wins (colour and shape count 2, size 1), ties broken by the larger total
+    detected area (a stray speck does not displace the object).
+    """
+    if match not in ("strict", "loose"):
+        raise ValueError(f"match must be 'strict' (same colour and shape) or 'loose' (same colour or shape), "
+                         f"got {match!r}")
+    scores = [[_pair_score(w, o, match) for o in detections] for w in wanted]
+    best, best_key = [None] * len(wanted), (0, 0)
+    options = [[None] + [j for j, sc in enumerate(row) if sc is not None] for row in scores]
+    for pick in itertools.product(*options):
+        used = [j for j in pick if j is not None]
+        if len(used) != len(set(used)):
+            continue
+        key = (sum(scores[i][j] for i, j in enumerate(pick) if j is not None),
+               sum(detections[j].area for j in used))
+        if key > best_key:
+            best, best_key = list(pick), key
+    return best
+
+
+def _relation_rows(detections: list, captions: Sequence[str], match: str) -> list[dict]:
+    """One row per image: attributes / relations read from its detections (see :func:`caption_relation_accuracy`)."""
+    attr, attr_size = _caption_hits(detections, captions)
+    rows = []
+    for objs, cap, a, a_size in zip(detections, captions, attr, attr_size):
+        wanted, rels = parse_caption(cap), parse_relations(cap)
+        pick = match_objects(wanted, objs, match)
+        centres = [None if j is None else box_centre(objs[j].box) for j in pick]
+        scored = []
+        for i, rel, k in rels:
+            if rel is None:
+                continue
+            seen = relation_of(centres[i], centres[k]) if centres[i] is not None and centres[k] is not None else None
+            scored.append(dict(objects=(i, k), relation=rel, seen=seen, correct=None if seen is None else seen == rel))
+        if not scored or any(r["correct"] is None for r in scored):
+            rel_ok = None
+        else:
+            rel_ok = all(r["correct"] for r in scored)
+        rows.append(dict(caption=cap, objects=len(wanted), attributes=bool(a), attributes_with_size=bool(a_size),
+                         relation=rel_ok, both=bool(a) and (rel_ok is True if scored else True),
+                         relations=scored, centres=centres, detected=len(objs)))
+    return rows
+
+
+def _relation_report(rows: list[dict], seed: int = 0) -> dict:
+    """Aggregate :func:`_relation_rows`: attributes, relation (where found), both; per count and per relation."""
+    def block(sub):
+        with_rel = [r for r in sub if r["relations"]]
+        found = [r for r in with_rel if r["relation"] is not None]
+        return dict(attributes=_summary([r["attributes"] for r in sub], seed),
+                    relation=_summary([r["relation"] for r in found], seed),
+                    both=_summary([r["both"] for r in sub], seed),
+                    found=_summary([r["relation"] is not None for r in with_rel], seed),
+                    n=len(sub))
+
+    out = block(rows)
+    out["attributes_with_size"] = _summary([r["attributes_with_size"] for r in rows], seed)
+    out["per_count"] = {k: block([r for r in rows if r["objects"] == k]) for k in sorted({r["objects"] for r in rows})}
+    rels = [x for r in rows for x in r["relations"]]
+    out["per_relation"] = {}
+    for name in RELATIONS:
+        asked = [x for x in rels if x["relation"] == name]
+        if asked:
+            found = [x for x in asked if x["correct"] is not None]
+            out["per_relation"][name] = dict(_summary([x["correct"] for x in found], seed), asked=len(asked),
+                                             seen_as={s: sum(x["seen"] == s for x in found) for s in RELATIONS})
+    found = [r for r in rows if r["relation"] is not None]
+    out["chance"] = dict(per_relation=1 / len(RELATIONS),
+                         relation=float(np.mean([len(RELATIONS) ** -len(r["relations"]) for r in found]))
+                         if found else float("nan"))
+    return out
+
+
+def caption_relation_accuracy(images: torch.Tensor, captions: Sequence[str], evaluator=None,
+                              real_images: torch.Tensor | None = None, match: str = "strict", seed: int = 0) -> dict:
+    """Caption accuracy with the relations scored: are the objects there, *and* where the caption says?
+
+    Reads every image with the attribute network (:meth:`ShapesAttributeNet.detect`: objects, their colour,
+    shape, size and box), assigns each caption object a detection by its attributes (:func:`match_objects`;
+    ``match="strict"``: same colour and shape), and checks each relation of the caption (:func:`parse_relations`)
+    on the two matched box centres with the generator's rule (:func:`relation_of`: the dominant axis of the
+    centres' offset; a tie is horizontal).
+
+    Per image (``per_image``, a list of dicts): ``attributes`` -- exactly :func:`caption_accuracy`'s reading (the
+    multiset of (colour, shape) equals the caption's); ``relation`` -- every relation right, ``None`` when the
+    caption has none or an object of one of them was not found; ``both`` -- attributes and every relation right
+    (for a one-object caption: its attributes); ``relations`` (asked, seen, correct per pair) and ``centres``.
+
+    Aggregated, every score ``dict(value, ci95 (Wilson 95 %), n)``: ``attributes``, ``attributes_with_size``,
+    ``relation`` (over the images whose relations could be read, ``n`` says how many), ``found`` (the share of
+    relation-bearing images whose objects were found), ``both`` (over all images); the same per object count
+    (``per_count``), and per relation word (``per_relation``, with ``asked`` and ``seen_as``: what was drawn
+    instead). ``chance``: 1/4 per relation (one of :data:`RELATIONS` holds for any two centres) and the mean
+    chance of the scored images (1/4**k for k relations). ``ceiling`` (given ``real_images``, the real renders of
+    the same captions): the same report on them -- the scorer's own limit.
+    """
+    captions = list(captions)
+    if len(captions) != len(images):
+        raise ValueError(f"{len(images)} images but {len(captions)} captions; give one caption per image")
+    for c in captions:
+        parse_relations(c)  # fail on a bad caption before any work
+    if match not in ("strict", "loose"):
+        raise ValueError(f"match must be 'strict' (same colour and shape) or 'loose' (same colour or shape), "
+                         f"got {match!r}")
+    ev = _evaluator(evaluator)
+    rows = _relation_rows(_detect(ev, images), captions, match)
+    out = dict(_relation_report(rows, seed), per_image=rows, evaluator=ev.name, match=match,
+               rule="dominant axis of the box centres' offset (|dx| >= |dy|: left/right, else above/below)")
+    if real_images is not None:
+        if len(real_images) != len(images):
+            raise ValueError(f"real_images must match images one to one; got {len(real_images)} and {len(images)}")
+        ceiling = _relation_report(_relation_rows(_detect(ev, real_images, what="real_images"), captions, match), seed)
+        out["ceiling"] = {k: ceiling[k] for k in ("attributes", "relation", "both", "found", "per_count",
+                                                  "per_relation")}
     return out
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ldm_lite.data.augment import random_degrade
+from ldm_lite.data.augment import gaussian_blur, random_degrade
 from ldm_lite.metrics.distances import (
     StreamingFeatureStats, fid_from_features, kid_from_features, precision_recall, set_metrics_with_intervals,
 )
@@ -162,7 +162,7 @@ def stream_features(extractor: Any, batches, keep: int = 5000, seed: int = 0,
 
 
 def quality_report(samples: Any, reference: Any, train: Any = None, extractor: Any = "auto",
-                   n_boot: int = 100, ceiling_strength: float = 1.0, k: int = 3, seed: int = 0,
+                   n_boot: int = 1000, ceiling_strength: float = 1.0, k: int = 3, seed: int = 0,
                    batch_size: int = 64, progress: bool = False) -> dict:
     """FID, KID and precision / recall of ``samples`` against held-out ``reference`` images, each with a
     bootstrap 95 % interval, and beside them what real images score:
@@ -172,6 +172,9 @@ def quality_report(samples: Any, reference: Any, train: Any = None, extractor: A
       metric is broken (or too few samples to tell), not that the model beats real data.
     * ``ceiling``: the same train images degraded (:func:`ldm_lite.data.augment.random_degrade` at
       ``ceiling_strength``): what clearly worse images score.
+
+    Floor and ceiling are for samples: sets unpaired with the reference. Reconstructions scored against
+    their own originals are paired; read them against :func:`reconstruction_anchors` instead.
 
     ``samples``, ``reference`` and ``train`` are image tensors ``(N, C, H, W)`` in [-1, 1], datasets,
     ``(N, d)`` feature arrays already computed with ``extractor``, or (samples, reference) a
@@ -189,9 +192,10 @@ def quality_report(samples: Any, reference: Any, train: Any = None, extractor: A
     if isinstance(samples, StreamingFeatureStats) and samples.n > len(fake):
         # FID from the moments of the whole stream; its interval is the kept subsample's spread placed around
         # it (wider than the stream's own: conservative). KID and precision / recall use the subsample.
+        # (not cut at 0: a lower end below 0 says the difference from the reference is not resolved)
         full = frechet_distance(samples.mean, samples.cov, *feature_statistics(ref))
         lo, hi = scores["fid"]["ci95"]
-        scores["fid"] = dict(value=full, ci95=(max(full - (scores["fid"]["value"] - lo), 0.0),
+        scores["fid"] = dict(value=full, ci95=(full - (scores["fid"]["value"] - lo),
                                              full + (hi - scores["fid"]["value"])),
                              note=f"moments of all {samples.n}; interval and KID / P / R from {len(fake)} kept rows")
         n_samples = samples.n
@@ -238,3 +242,111 @@ def format_report(report: dict, kid_scale: float = 1000.0) -> str:
         lines.append(f"{name:<24}{cell(m['fid']):<24}{cell(m['kid'], kid_scale):<24}"
                      f"{cell(m['precision'], fmt='.2f'):<22}{cell(m['recall'], fmt='.2f'):<22}")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# Paired anchors: what a reconstruction score should be read against
+# ------------------------------------------------------------------------------------------------
+RECONSTRUCTION_DEGRADATIONS = (("noise", 0.02), ("noise", 0.05), ("noise", 0.1),
+                               ("blur", 0.5), ("blur", 1.0), ("blur", 2.0),
+                               ("jpeg", 90), ("jpeg", 50), ("jpeg", 20))
+"""``(kind, amount)`` of the default anchors, mildest first within each kind: Gaussian noise of std ``amount``
+on the [0, 1] scale, Gaussian blur of ``amount`` pixels, JPEG at quality ``amount``."""
+
+
+def _jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
+    from io import BytesIO
+
+    from PIL import Image
+
+    u8 = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    out = []
+    for img in u8:
+        buf = BytesIO()
+        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(buf, format="JPEG", quality=int(quality))
+        buf.seek(0)
+        out.append(np.asarray(Image.open(buf)).reshape(img.shape))
+    return (torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float() / 127.5 - 1).to(x.device)
+
+
+def degrade_images(images: torch.Tensor, kind: str, amount: float, seed: int = 0) -> torch.Tensor:
+    """One fixed degradation of every image ``(B, C, H, W)`` in [-1, 1] (C = 1 or 3 for JPEG):
+
+    * ``"noise"``: add Gaussian noise of std ``amount`` on the [0, 1] scale (seeded by ``seed``), clamped;
+    * ``"blur"``: Gaussian blur of std ``amount`` pixels;
+    * ``"jpeg"``: save as JPEG at quality ``amount`` (1-95) and read back (8-bit rounding included).
+    """
+    if not torch.is_tensor(images) or images.dim() != 4:
+        raise ValueError(f"degrade_images needs a (B, C, H, W) image tensor; got {type(images).__name__} "
+                         f"{tuple(getattr(images, 'shape', ()))}")
+    x = images.detach().float()
+    if kind == "noise":
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)).to(x.device)
+        return (x + 2.0 * float(amount) * noise).clamp(-1, 1)
+    if kind == "blur":
+        return gaussian_blur(x, torch.full((len(x),), float(amount)))
+    if kind == "jpeg":
+        if not 1 <= amount <= 95:
+            raise ValueError(f"JPEG quality must be in 1..95; got {amount}")
+        return _jpeg(x, int(amount))
+    raise ValueError(f"kind must be 'noise', 'blur' or 'jpeg'; got {kind!r}")
+
+
+def _anchor_name(kind: str, amount: float) -> str:
+    return {"noise": f"noise std {amount:g}", "blur": f"blur {amount:g} px", "jpeg": f"JPEG q{amount:g}"}[kind]
+
+
+def reconstruction_anchors(originals: Any, extractor: Any = "auto", degradations=RECONSTRUCTION_DEGRADATIONS,
+                           reference: Any = None, n_boot: int = 1000, metrics: Any = ("fid", "kid"), k: int = 3,
+                           seed: int = 0, level: float = 0.95, batch_size: int = 64, progress: bool = False) -> dict:
+    """What a paired reconstruction score (rFID, rKID) should be read against.
+
+    A reconstruction score compares the reconstructions with *their own* originals:
+    ``set_metrics_with_intervals(f_orig, f_rec, paired=True)``. Its anchors must be paired the same way:
+
+    * ``originals (self)``: the originals against themselves -- 0 by construction (FID exactly, KID by the
+      paired U-statistic), a sanity anchor: a perfect reconstruction;
+    * one anchor per ``(kind, amount)`` of ``degradations`` (:func:`degrade_images`; default
+      :data:`RECONSTRUCTION_DEGRADATIONS`): the originals degraded, against the originals, so a reader sees
+      where "visibly noisy", "slightly blurred" or "JPEG at quality 50" would land. Within a kind the anchors
+      grow with the amount.
+
+    Which to use when:
+
+    * *How faithful are the reconstructions?* (the autoencoder question): read the paired score against
+      these anchors. Do not read it against a train-vs-held-out "floor": that compares *other* images, an
+      unpaired quantity that includes the difference between two sets of emoji -- a visibly noisy
+      reconstruction can sit far below it, and "below the floor" then means nothing.
+    * *Do the reconstructions look like real images of the domain?* (a sample-quality question): score them
+      *unpaired* against a disjoint reference split -- images that were not reconstructed,
+      ``set_metrics_with_intervals(f_reference, f_rec)`` -- and read that against the originals scored the
+      same way, which ``reference=`` (images or features of that split) adds as ``"reference"``: the floor
+      for that reading.
+
+    Returns ``dict(anchors={name: dict(kind, amount, fid=dict(value, ci95), kid=...)}, reference=... (if
+    given), feature, is_substitute, n, n_boot)``; intervals as in :func:`set_metrics_with_intervals` (paired).
+    """
+    if not torch.is_tensor(originals) or originals.dim() != 4:
+        raise ValueError("originals must be an image tensor (B, C, H, W) in [-1, 1]: the anchors degrade them")
+    ext = _resolve_extractor(extractor)
+    f0 = features_of(ext, originals, batch_size, progress)
+
+    def paired_scores(f):
+        return set_metrics_with_intervals(f0, f, n_boot=n_boot, k=k, seed=seed, level=level, metrics=metrics,
+                                          paired=True)
+
+    anchors = {"originals (self)": dict(kind="self", amount=0.0, **_scores_only(paired_scores(f0)))}
+    for i, (kind, amount) in enumerate(degradations):
+        worse = degrade_images(originals, kind, amount, seed=seed + i)
+        anchors[_anchor_name(kind, amount)] = dict(kind=kind, amount=amount,
+                                                   **_scores_only(paired_scores(features_of(ext, worse, batch_size))))
+    out = dict(anchors=anchors, feature=ext.name, is_substitute=ext.is_substitute, n=len(f0), n_boot=n_boot)
+    if reference is not None:
+        f_ref = features_of(ext, reference, batch_size, progress)
+        out["reference"] = dict(n_reference=len(f_ref), **_scores_only(set_metrics_with_intervals(
+            f_ref, f0, n_boot=n_boot, k=k, seed=seed, level=level, metrics=metrics)))
+    return out
+
+
+def _scores_only(result: dict) -> dict:
+    return {key: v for key, v in result.items() if isinstance(v, dict)}
