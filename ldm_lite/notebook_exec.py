@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import typing as t
 from pathlib import Path
@@ -77,8 +78,13 @@ WIDGET_NOTE = ("[an interactive widget (ipywidgets): its controls appear when th
                "notebook keeps only this note]")
 
 
+_KERNEL_CELL = re.compile(r"/tmp/ipykernel_\d+/\d+\.py:(\d+)")  # where a warning raised in a cell points
+
+
 def _tidy_text(text: str, root: str, home: str) -> str:
-    """Paths inside the repository become relative to it (``ldm_lite/metrics/quality.py``), the home folder ``~``."""
+    """Paths inside the repository become relative to it (``ldm_lite/metrics/quality.py``), the home folder ``~``,
+    and the kernel's temporary file of a cell (``/tmp/ipykernel_123/456.py:43``) ``<cell>:43``."""
+    text = _KERNEL_CELL.sub(r"<cell>:\1", text)
     if root:
         text = text.replace(root.rstrip("/") + "/", "")
     if home and home != "/":

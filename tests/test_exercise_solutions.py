@@ -27,6 +27,11 @@ def test_08_evaluation_solutions_pass_the_notebook_checks():
     expected = M.kid_from_features(f_ref[:m], f_good[:m], num_subsets=1, subset_size=m)[0]
     assert abs(sol.kid_unbiased(f_ref[:m], f_good[:m]) - expected) < 1e-6 * max(1, abs(expected))
     assert abs(sol.my_recall(f_ref, f_good) - M.precision_recall(f_ref, f_good)[1]) < 1e-9
+    # exercise 3: the copier (training rows with a little noise) is caught, held-out rows are not
+    f_train = rng.normal(size=(200, 16))
+    f_copy = f_train[:50] + 1e-3 * rng.normal(size=(50, 16))
+    f_held = rng.normal(size=(60, 16))
+    assert sol.copy_fraction(f_copy, f_train, f_held) >= 0.9 and sol.copy_fraction(f_held, f_train, f_held) <= 0.1
 
 
 def test_06_conditioning_solutions_pass_the_notebook_checks():

@@ -93,10 +93,12 @@ def test_saved_outputs_show_no_machine_paths_and_no_raw_widget_reprs(tmp_path):
         nbformat.v4.new_output("display_data", data={"text/plain": "VBox(children=(IntSlider(value=0),))",
                                                      "application/vnd.jupyter.widget-view+json": {"model_id": "a"}}),
         nbformat.v4.new_output("execute_result", data={"text/plain": "0.5"}, execution_count=1),
+        nbformat.v4.new_output("stream", name="stderr", text="/tmp/ipykernel_24356/3043298373.py:43: Warning: w\n"),
     ])])
-    assert tidy_outputs(nb, root, home) == 2
+    assert tidy_outputs(nb, root, home) == 3
     outs = nb.cells[0].outputs
     assert outs[0].text.startswith("ldm_lite/metrics/quality.py:32:") and "~/.cache/torch/hub" in outs[0].text
     assert str(root) not in outs[0].text and home not in outs[0].text
     assert outs[1].data["text/plain"] == WIDGET_NOTE and "model_id" in str(outs[1].data)
     assert outs[2].data["text/plain"] == "0.5"  # results are never touched
+    assert outs[3].text == "<cell>:43: Warning: w\n"  # the kernel's temporary file of the cell
