@@ -40,6 +40,7 @@ from ldm_lite.data.registry import (  # the dataset registry; its names stay imp
 from ldm_lite.data.shapes import MAX_OBJECTS, SHAPES, make_caption
 from ldm_lite.data.spatial import DEGRADATIONS, TASKS, SpatialTaskDataset
 from ldm_lite.io import check_writable_dir, sha256_file, shown_path
+from ldm_lite.latents import LatentDataset
 from ldm_lite.ldm import LatentDiffusion
 from ldm_lite.ldm_config import (
     ConditioningConfig, FirstStageConfig, LDMConfig, ObjectiveConfig, OptimizerConfig, ScheduleConfig,
@@ -844,7 +845,7 @@ def _train_ldm(recipe, first_stage, out_dir, ckpt_every, resume, progress, expor
     data = train_set
     if cache_latents:
         t0 = time.perf_counter()
-        data = model.encode_dataset(train_set, batch_size=64, progress=progress)
+        data = _cached_latents(model, train_set, recipe, fs_name, fs_record, out_dir, progress)
         encode_time = time.perf_counter() - t0
     cfg = recipe.train_config(out_dir=out_dir, ckpt_every=ckpt_every, progress=progress)
     trainer = Trainer(model, data, cfg, callbacks=list(callbacks), recipe=_trainer_recipe(recipe),
@@ -940,6 +941,50 @@ def init_unet_from(model, source: str) -> dict:
             cs.load_state_dict(src_cs)  # all or nothing: half a text encoder is worse than a fresh one
             report["cond_stage_copied"] = len(src_cs)
     return report
+
+
+def _latent_cache_key(model, train_set, recipe, fs_name, fs_record) -> dict:
+    """What the cached latents of a run depend on: the images (data, size, count, seed, holdout, captions, task),
+    the first stage (name and weights' sha256) and how they were encoded (posterior, scale rule, stored fields)."""
+    keys = model.cond_key
+    if isinstance(keys, dict):
+        keys = sorted(keys.values())
+    return dict(data=recipe.data, size=recipe.size, images=len(train_set), seed=recipe.seed,
+                holdout=sorted(recipe.holdout or []), captions=str(recipe.captions) if recipe.captions else None,
+                task=recipe.task, task_kwargs=_jsonable(_task_kwargs(recipe)) if recipe.task else None,
+                first_stage=str(fs_name), first_stage_sha256=fs_record.get("first_stage_sha256"),
+                posterior=model.posterior, scale_by_std=bool(model.scale_by_std),
+                scale_factor=None if model.scale_by_std else float(model.scale_factor),
+                fields=keys if isinstance(keys, (list, tuple)) else ([keys] if keys else []))
+
+
+def _cached_latents(model, train_set, recipe, fs_name, fs_record, out_dir, progress):
+    """The training set's latents: encoded once per run folder and kept there as ``latents.safetensors`` (+ .json),
+    so a resumed run -- or another run pointed at a copy of the file -- skips the encoder. The file is used only
+    when everything the latents depend on matches (:func:`_latent_cache_key`); otherwise it is rebuilt. An
+    in-memory first stage (no name, no sha256) is never cached to disk."""
+    path = Path(out_dir) / "latents.safetensors" if out_dir else None
+    cacheable = path is not None and fs_name is not None and (fs_name == "pixel" or fs_record.get("first_stage_sha256"))
+    key = _latent_cache_key(model, train_set, recipe, fs_name, fs_record) if cacheable else None
+    if cacheable and path.exists() and path.with_suffix(".json").exists():
+        try:
+            cached = LatentDataset.load(path)
+        except Exception:  # a damaged file is rebuilt, not trusted
+            cached = None
+        if cached is not None and cached.info.get("key") == _jsonable(key) and len(cached) == len(train_set):
+            if model.scale_by_std:
+                model.scale_factor.fill_(cached.scale_factor)
+                model.scale_estimated = True
+            elif abs(cached.scale_factor - float(model.scale_factor)) > 1e-12:
+                cached = None
+            if cached is not None:
+                return cached
+    data = model.encode_dataset(train_set, batch_size=64, progress=progress)
+    if cacheable:
+        data.info["key"] = _jsonable(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data.save(path)
+    return data
 
 
 def _training_vocabulary(train_set, max_length: int, limit: int = 5000) -> list[int]:
