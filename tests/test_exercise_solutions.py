@@ -20,13 +20,21 @@ def _load(name):
 
 
 def test_08_evaluation_solutions_pass_the_notebook_checks():
+    """A quick check of notebook 08's solutions on synthetic features; tests/test_exercises_08.py runs the
+    notebook's own check cell on them."""
     sol = _load("08_evaluation")
     rng = np.random.default_rng(0)
     f_ref, f_good = rng.normal(size=(60, 16)), rng.normal(size=(80, 16)) + 0.3
-    m = min(len(f_ref), len(f_good))
-    expected = M.kid_from_features(f_ref[:m], f_good[:m], num_subsets=1, subset_size=m)[0]
-    assert abs(sol.kid_unbiased(f_ref[:m], f_good[:m]) - expected) < 1e-6 * max(1, abs(expected))
-    assert abs(sol.my_recall(f_ref, f_good) - M.precision_recall(f_ref, f_good)[1]) < 1e-9
+    # exercise 1: the paired KID is 0 for a set against itself and equals the package's paired score
+    f_rec = f_ref + 0.3 * rng.normal(size=f_ref.shape)
+    assert abs(sol.paired_kid(f_ref, f_ref)) < 1e-12
+    want = M.set_metrics_with_intervals(f_ref, f_rec, n_boot=1, metrics=("kid",), paired=True)["kid"]["value"]
+    assert abs(sol.paired_kid(f_ref, f_rec) - want) < 1e-9 * max(1, abs(want))
+    # exercise 2: the difference of the full-set KIDs, inside its own interval
+    f_b = f_good + 0.2 * rng.normal(size=f_good.shape)
+    value, lo, hi = sol.kid_difference(f_ref, f_good, f_b, n_boot=50)
+    assert abs(value - M.paired_difference("kid", f_ref, f_good, f_b, n_boot=1)["value"]) < 1e-9
+    assert lo <= value <= hi
     # exercise 3: the copier (training rows with a little noise) is caught, held-out rows are not
     f_train = rng.normal(size=(200, 16))
     f_copy = f_train[:50] + 1e-3 * rng.normal(size=(50, 16))
