@@ -16,41 +16,30 @@ The notebook is read from ``$NOTEBOOK_DIR`` (default ``notebooks/``), the soluti
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import importlib.util
-import io
 import os
 import re
 from pathlib import Path
 
-import nbformat
 import numpy as np
 import pytest
+from exercise_harness import load_solution, run_check_cell, tagged_cell
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = Path(os.environ.get("NOTEBOOK_DIR", REPO / "notebooks"))
 NOTEBOOK = NOTEBOOK_DIR / "08_evaluation.ipynb"
 SOLUTION = REPO / "notebooks" / "solutions" / "08_evaluation.py"
 EXERCISES = 3
-RESULT = re.compile(r"^(✓|✗) exercise (\d+), ([^:]+): (.*)$")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cell(tag: str) -> str:
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    found = [c.source for c in nb.cells if tag in c.get("metadata", {}).get("tags", [])]
-    if len(found) != 1:
-        pytest.fail(f"{NOTEBOOK} has {len(found)} cells tagged {tag!r}, expected one")
-    return found[0]
+    return tagged_cell(NOTEBOOK, tag)
 
 
 def _solution():
-    spec = importlib.util.spec_from_file_location("solution_08", SOLUTION)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_solution(SOLUTION, "solution_08")
 
 
 @pytest.fixture(scope="module")
@@ -79,18 +68,7 @@ def run_checks(cached_features, monkeypatch):
     monkeypatch.chdir(REPO / "notebooks")   # the check cell reads ../data/reference_samples, as the notebook does
 
     def run(namespace: dict) -> dict[int, tuple[str, str]]:
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            exec(compile(_cell("exercise-check"), "<08_evaluation exercise-check>", "exec"), namespace)  # noqa: S102
-        results = {}
-        for line in out.getvalue().splitlines():
-            m = RESULT.match(line)
-            if m:
-                assert int(m.group(2)) not in results, f"exercise {m.group(2)} reported twice:\n{out.getvalue()}"
-                results[int(m.group(2))] = (m.group(1), m.group(4))
-        assert sorted(results) == list(range(1, EXERCISES + 1)), (
-            f"expected a result line for exercises 1-{EXERCISES}, got:\n{out.getvalue()}")
-        return results
+        return run_check_cell(_cell("exercise-check"), "<08_evaluation exercise-check>", namespace, EXERCISES)
 
     return run
 
